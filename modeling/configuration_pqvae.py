@@ -10,6 +10,7 @@ from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
 QUANTIZER_TYPES = ("pq", "vq", "rvq")
+VOCODERS = ("neural", "griffin_lim", "none")
 
 
 @strict
@@ -63,8 +64,11 @@ class PQVAEConfig(PreTrainedConfig):
             frames only.
 
     Vocoder:
-        vocoder (`str`, defaults to `"griffin_lim"`): how `decode` turns log-mel into a waveform; `"none"` returns
-            log-mel only.
+        vocoder (`str`, defaults to `"griffin_lim"`): how `decode` turns log-mel into a waveform: `"neural"` (a
+            Vocos-style ConvNeXt + inverse-STFT vocoder stored with the model), `"griffin_lim"` (no weights), or
+            `"none"` (log-mel only).
+        vocoder_hidden_size / vocoder_intermediate_size / vocoder_num_layers (`int`, defaults to 256 / 768 / 6):
+            size of the neural vocoder's ConvNeXt backbone.
         griffin_lim_iters (`int`, defaults to 32).
     """
 
@@ -107,6 +111,9 @@ class PQVAEConfig(PreTrainedConfig):
     mel_l2_weight: float = 0.0
 
     vocoder: str = "griffin_lim"
+    vocoder_hidden_size: int = 256
+    vocoder_intermediate_size: int = 768
+    vocoder_num_layers: int = 6
     griffin_lim_iters: int = 32
 
     def __post_init__(self, **kwargs):
@@ -132,6 +139,9 @@ class PQVAEConfig(PreTrainedConfig):
             "kmeans_iters": self.kmeans_iters,
             "dead_code_restart_interval": self.dead_code_restart_interval,
             "griffin_lim_iters": self.griffin_lim_iters,
+            "vocoder_hidden_size": self.vocoder_hidden_size,
+            "vocoder_intermediate_size": self.vocoder_intermediate_size,
+            "vocoder_num_layers": self.vocoder_num_layers,
         }
         for name, value in positive.items():
             if value <= 0:
@@ -184,8 +194,8 @@ class PQVAEConfig(PreTrainedConfig):
         for name in ("ema_decay", "usage_decay"):
             if not 0 < getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be in (0, 1), got {getattr(self, name)}.")
-        if self.vocoder not in ("griffin_lim", "none"):
-            raise ValueError(f"`vocoder` must be 'griffin_lim' or 'none', got {self.vocoder!r}.")
+        if self.vocoder not in VOCODERS:
+            raise ValueError(f"`vocoder` must be one of {VOCODERS}, got {self.vocoder!r}.")
 
     @property
     def frame_rate(self) -> float:

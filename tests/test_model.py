@@ -1,0 +1,175 @@
+import numpy as np
+import pytest
+import torch
+from conftest import chirp, tiny_config, warm_up
+from transformers import AutoModel
+
+from pqvae_hf import PQVAEFeatureExtractor, PQVAEModel
+
+
+def _features(model, seconds, seed=0):
+    fe = PQVAEFeatureExtractor(sampling_rate=model.config.sampling_rate)
+    audio = [chirp(s, model.config.sampling_rate, seed + i) for i, s in enumerate(seconds)]
+    return audio, fe(audio, sampling_rate=model.config.sampling_rate, return_tensors="pt")
+
+
+@pytest.mark.parametrize("num_samples", [1, 63, 64, 65, 1000, 8000])
+def test_encode_shapes_and_frame_counts(tiny_model, num_samples):
+    hop = tiny_model.config.hop_length
+    out = tiny_model.eval().encode(torch.randn(2, 1, num_samples) * 0.1)
+    assert out.audio_codes.shape == (2, 2, num_samples // hop + 1)
+    assert out.audio_codes.dtype == torch.int64
+    assert out.frame_mask.shape == (2, num_samples // hop + 1) and bool(out.frame_mask.all())
+    assert int(out.audio_codes.min()) >= 0 and int(out.audio_codes.max()) < tiny_model.config.codebook_size
+
+
+def test_padded_batch_gives_each_example_its_own_codes(tiny_model):
+    model = warm_up(tiny_model)
+    audio, batch = _features(model, [1.0, 0.37, 0.61, 0.05], seed=7)
+    out = model.encode(**batch)
+    hop = model.config.hop_length
+    for index, example in enumerate(audio):
+        valid = len(example) // hop + 1
+        assert int(out.frame_mask[index].sum()) == valid
+        alone = model.encode(torch.from_numpy(example)[None, None])
+        assert alone.audio_codes.shape[-1] == valid
+        assert torch.equal(alone.audio_codes[0], out.audio_codes[index, :, :valid])
+    # Garbage in the padded region is ignored: padding_mask decides, not the caller's padding values.
+    noisy = batch["input_values"] + (1 - batch["padding_mask"][:, None]) * torch.randn_like(batch["input_values"])
+    assert torch.equal(model.encode(noisy, batch["padding_mask"]).audio_codes, out.audio_codes)
+
+
+def test_decode_returns_mel_and_audio_matching_the_input_length(tiny_model):
+    model = warm_up(tiny_model)
+    _, batch = _features(model, [0.5, 0.3])
+    codes = model.encode(**batch).audio_codes
+    decoded = model.decode(codes, batch["padding_mask"])
+    assert decoded.mel.shape == (2, model.config.num_mel_bins, codes.shape[-1])
+    assert decoded.audio_values.shape == batch["input_values"].shape
+    length = int(batch["padding_mask"][1].sum())
+    assert float(decoded.audio_values[1, 0, length:].abs().max()) == 0.0
+    assert float(decoded.audio_values[1, 0, :length].abs().max()) > 0.0
+    unpadded = model.decode(codes)
+    assert unpadded.audio_values.shape[-1] == (codes.shape[-1] - 1) * model.config.hop_length
+    assert model.decode(codes, return_waveform=False).audio_values is None
+    # codes -> composite -> codes is exact and decoding is deterministic
+    assert torch.equal(model.composite_to_codes(model.codes_to_composite(codes)), codes)
+    assert torch.equal(model.decode(codes, batch["padding_mask"], return_waveform=False).mel, decoded.mel)
+
+
+def test_forward_losses_use_valid_frames_only(tiny_model):
+    model = warm_up(tiny_model)
+    _, batch = _features(model, [0.5, 0.2])
+    model.eval()  # no EMA/restart side effects between the two passes
+    out = model(**batch)
+    assert out.loss.ndim == 0 and torch.isfinite(out.loss)
+    expected = (out.reconstruction_loss + model.config.dual_decoding_weight * out.dual_reconstruction_loss
+                + model.config.commitment_weight * out.commitment_loss)
+    assert torch.allclose(out.loss, expected)
+    assert out.codebook_usage.shape == (2,) and out.codebook_perplexity.shape == (2,)
+    assert bool((out.codebook_usage > 0).all()) and bool((out.codebook_usage <= 1).all())
+    assert bool((out.codebook_perplexity >= 1).all())
+    noisy = batch["input_values"] + (1 - batch["padding_mask"][:, None]) * torch.randn_like(batch["input_values"])
+    again = model(noisy, batch["padding_mask"])
+    assert torch.allclose(again.loss, out.loss)
+    # A shorter example alone has the same per-frame loss sum as inside the batch.
+    short = model(batch["input_values"][1:, :, : int(batch["padding_mask"][1].sum())])
+    frames_short = int(out.frame_mask[1].sum())
+    per_frame = (out.mel[1, :, :frames_short] - out.target_mel[1, :, :frames_short]).abs().mean()
+    assert torch.allclose(short.reconstruction_loss, per_frame, atol=1e-5)
+
+
+def test_straight_through_gradient_reaches_the_encoder():
+    torch.manual_seed(0)
+    model = warm_up(PQVAEModel(tiny_config(dual_decoding_weight=0.0, commitment_weight=0.0)))
+    _, batch = _features(model, [0.5, 0.4])
+    model.eval()
+    out = model(**batch)
+    assert float(out.dual_reconstruction_loss) == 0.0
+    out.loss.backward()  # only the reconstruction from z_q: the encoder learns through the straight-through path
+    grads = [p.grad for p in model.encoder.parameters()]
+    assert all(g is not None for g in grads)
+    assert float(sum(g.abs().sum() for g in grads)) > 0
+
+
+def test_dual_decoding_changes_the_gradient_and_vanishes_at_weight_zero():
+    torch.manual_seed(0)
+    base = warm_up(PQVAEModel(tiny_config(dual_decoding_weight=0.0)))
+    _, batch = _features(base, [0.5, 0.4])
+    gradients = {}
+    for weight in (0.0, 1.0):
+        model = PQVAEModel(tiny_config(dual_decoding_weight=weight))
+        model.load_state_dict(base.state_dict())
+        model.eval()
+        out = model(**batch)
+        out.loss.backward()
+        gradients[weight] = torch.cat([p.grad.flatten() for p in model.encoder.parameters()])
+        if weight == 0.0:
+            assert float(out.dual_reconstruction_loss) == 0.0
+            loss_without = out.loss.detach()
+        else:
+            assert float(out.dual_reconstruction_loss) > 0.0
+            assert torch.allclose(out.loss.detach() - out.dual_reconstruction_loss, loss_without, atol=1e-5)
+    assert not torch.allclose(gradients[0.0], gradients[1.0])
+
+
+@pytest.mark.parametrize("quantizer", [dict(quantizer_type="vq", num_codebooks=1, codebook_size=64),
+                                       dict(quantizer_type="rvq", num_codebooks=3, codebook_size=8),
+                                       dict(use_cosine_codebook=True), dict(use_ema=False, kmeans_init=False)])
+def test_quantizer_variants_train_and_round_trip(quantizer):
+    torch.manual_seed(0)
+    model = warm_up(PQVAEModel(tiny_config(**quantizer)))
+    _, batch = _features(model, [0.3, 0.2])
+    out = model.train()(**batch)
+    out.loss.backward()
+    model.eval()
+    codes = model.encode(**batch).audio_codes
+    assert codes.shape[1] == model.config.num_codebooks
+    assert model.decode(codes, return_waveform=False).mel.shape[-1] == codes.shape[-1]
+
+
+def test_save_and_load_give_identical_outputs(tmp_path, tiny_model):
+    model = warm_up(tiny_model)
+    _, batch = _features(model, [0.4, 0.25])
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").exists()
+    assert not list(tmp_path.glob("*.bin"))
+    loaded = AutoModel.from_pretrained(tmp_path).eval()
+    assert isinstance(loaded, PQVAEModel)
+    codes = model.encode(**batch).audio_codes
+    assert torch.equal(loaded.encode(**batch).audio_codes, codes)
+    assert torch.equal(loaded.decode(codes).mel, model.decode(codes).mel)
+    assert torch.equal(loaded.front_end.mel_filters, model.front_end.mel_filters)  # rebuilt, not saved
+    assert bool(loaded.quantizer.codebooks.initialized)
+
+
+def test_bad_audio_inputs_raise_clear_errors(tiny_model):
+    with pytest.raises(ValueError, match="mono"):
+        tiny_model.encode(torch.zeros(1, 2, 100))
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        tiny_model.encode(torch.tensor([[[0.0, float("nan")] * 50]]))
+    with pytest.raises(ValueError, match="empty"):
+        tiny_model.encode(torch.zeros(1, 1, 0))
+    with pytest.raises(ValueError, match="float audio"):
+        tiny_model.encode(torch.zeros(1, 1, 100, dtype=torch.int16))
+    with pytest.raises(ValueError, match="padding_mask must have shape"):
+        tiny_model.encode(torch.zeros(2, 1, 100), padding_mask=torch.ones(2, 99))
+
+
+def test_bad_codes_raise_clear_errors(tiny_model):
+    size = tiny_model.config.codebook_size
+    with pytest.raises(ValueError, match=rf"\[0, {size}\).*\[{size}, {size}\]"):
+        tiny_model.decode(torch.full((1, 2, 5), size))
+    with pytest.raises(ValueError, match=r"\[-1, 0\]"):
+        tiny_model.decode(torch.tensor([[[0, -1], [0, 0]]]))
+    with pytest.raises(ValueError, match="num_codebooks=2"):
+        tiny_model.decode(torch.zeros(1, 3, 5, dtype=torch.long))
+    with pytest.raises(ValueError, match="composite_to_codes"):
+        tiny_model.decode(torch.zeros(1, 5, dtype=torch.long))
+    with pytest.raises(ValueError, match="integer"):
+        tiny_model.decode(torch.zeros(1, 2, 5))
+    with pytest.raises(ValueError, match="padding_mask"):
+        tiny_model.decode(torch.zeros(1, 2, 5, dtype=torch.long), padding_mask=torch.ones(1, 1000))
+    with pytest.raises(ValueError, match=r"\[0, 256\)"):
+        tiny_model.composite_to_codes(torch.tensor([[256]]))
+    assert np.array_equal(tiny_model.composite_to_codes(torch.tensor([[255]])).numpy(), [[[15], [15]]])

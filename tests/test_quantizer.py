@@ -1,0 +1,142 @@
+import math
+
+import pytest
+import torch
+
+from pqvae_hf.modeling.quantization_pqvae import (
+    CodebookStatistics,
+    ProductQuantizer,
+    ResidualQuantizer,
+    VectorQuantizerGroup,
+    codes_to_composite,
+    composite_to_codes,
+    kmeans,
+    perplexity_from_counts,
+)
+
+
+def test_composite_ids_are_little_endian_mixed_radix_and_invert_exactly():
+    codes = torch.tensor([[[1, 0, 15], [2, 0, 15]]])  # (B=1, M=2, T=3), N=16
+    assert codes_to_composite(codes, 16).tolist() == [[1 + 2 * 16, 0, 255]]
+    generator = torch.Generator().manual_seed(0)
+    for num_codebooks, size in [(1, 65536), (2, 256), (4, 16), (3, 1024)]:
+        codes = torch.randint(size, (3, num_codebooks, 50), generator=generator)
+        ids = codes_to_composite(codes, size)
+        assert ids.shape == (3, 50) and int(ids.max()) < size**num_codebooks
+        assert torch.equal(composite_to_codes(ids, size, num_codebooks), codes)
+
+
+def test_product_quantizer_picks_the_true_nearest_codeword():
+    torch.manual_seed(0)
+    quantizer = ProductQuantizer(4, 32, 24, use_ema=False, kmeans_init=False, dead_code_threshold=0.0)
+    quantizer.codebooks.codebook.data.normal_()
+    latents = torch.randn(2, 37, 24)
+    codes = quantizer.encode(latents)  # (B, M, T)
+    chunks = latents.view(2, 37, 4, 6)
+    for m in range(4):
+        distances = torch.cdist(chunks[:, :, m].reshape(-1, 6), quantizer.codebooks.codebook[m])
+        brute = distances.argmin(-1).view(2, 37)
+        assert torch.equal(codes[:, m], brute)
+    decoded = quantizer.decode(codes)
+    expected = torch.cat([quantizer.codebooks.codebook[m][codes[:, m]] for m in range(4)], dim=-1)
+    assert torch.allclose(decoded, expected)
+
+
+def test_straight_through_output_equals_codewords_and_passes_gradients():
+    torch.manual_seed(0)
+    quantizer = ProductQuantizer(2, 8, 4, use_ema=False, kmeans_init=False, dead_code_threshold=0.0)
+    quantizer.codebooks.codebook.data.normal_()
+    latents = torch.randn(1, 5, 4, requires_grad=True)
+    out = quantizer(latents, torch.ones(1, 5))
+    assert torch.allclose(out.quantized, quantizer.decode(out.codes))
+    out.quantized.sum().backward()
+    assert torch.allclose(latents.grad, torch.ones_like(latents))  # identity gradient
+    assert out.commitment_loss > 0 and out.codebook_loss > 0
+
+
+def test_residual_quantizer_stages_refine_the_residual():
+    torch.manual_seed(0)
+    rvq = ResidualQuantizer(3, 64, 8, use_ema=False, kmeans_init=False, dead_code_threshold=0.0)
+    for stage, scale in zip(rvq.stages, (1.0, 0.3, 0.1)):
+        stage.codebook.data.normal_(std=scale)
+    latents = torch.randn(2, 40, 8)
+    codes = rvq.encode(latents)
+    assert codes.shape == (2, 3, 40)
+    errors = []
+    partial = torch.zeros_like(latents)
+    for index, stage in enumerate(rvq.stages):
+        partial = partial + stage.codebook[0][codes[:, index]]
+        errors.append(float(((latents - partial) ** 2).mean()))
+    assert errors[0] > errors[1] > errors[2]
+    assert torch.allclose(rvq.decode(codes), partial, atol=1e-6)
+
+
+def test_statistics_match_hand_computed_values():
+    stats = CodebookStatistics(num_codebooks=2, codebook_size=4)
+    # frames: (0,1) (0,1) (1,1) (2,3); a fifth frame (3,3) is masked out
+    codes = torch.tensor([[[0, 0, 1, 2, 3], [1, 1, 1, 3, 3]]])
+    stats.update(codes, torch.tensor([[1, 1, 1, 1, 0]]))
+    result = stats.compute()
+    assert result["num_frames"] == 4
+    assert result["codebook_usage"] == [3, 2]
+    assert result["codebook_usage_fraction"] == [0.75, 0.5]
+    # codebook 0: p = (1/2, 1/4, 1/4) -> H = 1.5 bits -> perplexity 2^1.5
+    assert result["codebook_perplexity"][0] == pytest.approx(2**1.5)
+    # codebook 1: p = (3/4, 1/4)
+    h = -(0.75 * math.log(0.75) + 0.25 * math.log(0.25))
+    assert result["codebook_perplexity"][1] == pytest.approx(math.exp(h))
+    # composite ids: 0+1*4=4 twice, 1+4=5, 2+12=14 -> same distribution as codebook 0
+    assert result["composite_usage"] == 3
+    assert result["composite_usage_fraction"] == 3 / 16
+    assert result["composite_perplexity"] == pytest.approx(2**1.5)
+    assert result["product_of_codebook_perplexities"] == pytest.approx(2**1.5 * math.exp(h))
+
+
+def test_statistics_accumulate_across_batches_like_one_big_batch():
+    generator = torch.Generator().manual_seed(1)
+    batches = [torch.randint(16, (3, 2, 20), generator=generator) for _ in range(4)]
+    accumulated, merged, whole = (CodebookStatistics(2, 16) for _ in range(3))
+    for batch in batches:
+        accumulated.update(batch)
+    for batch in batches[:2]:
+        merged.update(batch)
+    other = CodebookStatistics(2, 16)
+    for batch in batches[2:]:
+        other.update(batch)
+    merged.merge(other)
+    whole.update(torch.cat(batches))
+    assert accumulated.compute() == whole.compute() == merged.compute()
+    assert perplexity_from_counts(torch.tensor([5, 5, 5, 5])) == pytest.approx(4.0)
+    assert perplexity_from_counts(torch.zeros(3)) == 0.0
+    with pytest.raises(ValueError, match=r"\[0, 16\)"):
+        accumulated.update(torch.full((1, 2, 3), 16))
+
+
+def test_kmeans_recovers_separated_clusters():
+    torch.manual_seed(0)
+    centers = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    samples = (centers[torch.arange(300) % 3] + 0.1 * torch.randn(300, 2))[None]
+    found = kmeans(samples, 3, 20, generator=torch.Generator().manual_seed(3))[0]
+    distance = torch.cdist(found, centers).min(dim=0).values
+    assert float(distance.max()) < 0.1
+
+
+def test_training_forward_initialises_by_kmeans_updates_by_ema_and_restarts_dead_codes():
+    torch.manual_seed(0)
+    group = VectorQuantizerGroup(1, 8, 2, use_ema=True, kmeans_init=True, kmeans_iters=5, dead_code_threshold=0.5,
+                                 dead_code_restart_interval=1, usage_decay=0.5)
+    group.reset_codebook()
+    group.train()
+    data = torch.randn(1, 400, 1, 2) + 5.0  # far from the uniform(-1/8, 1/8) default init
+    mask = torch.ones(1, 400)
+    group(data, mask)
+    assert bool(group.initialized)
+    assert float(group.codebook.data.mean()) == pytest.approx(5.0, abs=0.5)
+    # Move one codeword far away: nothing picks it, so its usage decays below threshold and it is re-seeded.
+    group.codebook.data[0, 3] = torch.tensor([100.0, 100.0])
+    group.ema_embed_sum[0, 3] = torch.tensor([100.0, 100.0])
+    for _ in range(10):  # usage halves each step from ~50 per batch: below 0.5 after ~7 steps
+        group(data, mask)
+    assert float(group.codebook.data[0, 3].norm()) < 20.0
+    assert int(group.steps) == 11
+    assert group.codebook.requires_grad is False  # EMA codebooks are not trained by the optimiser
