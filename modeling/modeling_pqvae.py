@@ -510,6 +510,19 @@ class PQVAEModel(PQVAEPreTrainedModel):
         perplexity = torch.tensor([perplexity_from_counts(c) for c in counts.cpu()], device=codes.device)
         return usage, perplexity
 
+    # ---------------------------------------------------------------- fine-tuning helpers
+
+    def freeze_encoder(self) -> None:
+        """Stop training the encoder (codes of a given input then only change if the codebooks change)."""
+        self.encoder.requires_grad_(False)
+
+    def freeze_codebooks(self) -> None:
+        """Keep every codeword fixed: no gradient, EMA update, k-means init or dead-code restart."""
+        for module in self.quantizer.modules():
+            if isinstance(module, VectorQuantizerGroup):
+                module.frozen = True
+                module.codebook.requires_grad_(False)
+
     # ---------------------------------------------------------------- token helpers
 
     def codes_to_composite(self, audio_codes: torch.Tensor) -> torch.Tensor:

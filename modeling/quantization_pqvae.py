@@ -229,6 +229,8 @@ class VectorQuantizerGroup(nn.Module):
         self.dead_code_restart_interval = dead_code_restart_interval
         self.usage_decay = usage_decay
         self.use_cosine = use_cosine
+        # Set by `PQVAEModel.freeze_codebooks()` (fine-tuning): no k-means, EMA or restarts, no gradient.
+        self.frozen = False
 
         self.codebook = nn.Parameter(torch.empty(num_groups, codebook_size, dim), requires_grad=not use_ema)
         self.register_buffer("ema_cluster_size", torch.zeros(num_groups, codebook_size))
@@ -319,11 +321,11 @@ class VectorQuantizerGroup(nn.Module):
         batch, frames = latents.shape[:2]
         flat = latents.reshape(batch * frames, self.num_groups, self.dim)
         valid = flat[mask.reshape(-1).bool()].detach().float()
-        if self.training and not bool(self.initialized):
-            if valid.shape[0] > 0:
-                self._initialize(valid)
+        updating = self.training and not self.frozen
+        if updating and not bool(self.initialized) and valid.shape[0] > 0:
+            self._initialize(valid)
         codes = self.search(flat.detach())
-        if self.training:
+        if updating:
             valid_codes = codes[mask.reshape(-1).bool()]
             self._update_statistics(valid, valid_codes)
             self.steps += 1

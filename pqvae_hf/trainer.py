@@ -1,0 +1,185 @@
+"""`transformers.Trainer` for PQ-VAE: dual-decoding loss, data-set-wide codebook metrics, model cards."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import Trainer, TrainerCallback
+
+from .modeling import CodebookStatistics
+from .model_card import write_model_card
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def codebook_metrics(stats: CodebookStatistics, prefix: str) -> dict[str, float]:
+    """Flattens CodebookStatistics.compute() into scalar log entries."""
+    result = stats.compute()
+    metrics = {}
+    for index in range(stats.num_codebooks):
+        metrics[f"{prefix}codebook{index}_usage"] = result["codebook_usage"][index]
+        metrics[f"{prefix}codebook{index}_usage_fraction"] = result["codebook_usage_fraction"][index]
+        metrics[f"{prefix}codebook{index}_perplexity"] = result["codebook_perplexity"][index]
+    metrics[f"{prefix}composite_usage"] = result["composite_usage"]
+    metrics[f"{prefix}composite_perplexity"] = result["composite_perplexity"]
+    metrics[f"{prefix}product_of_codebook_perplexities"] = result["product_of_codebook_perplexities"]
+    return metrics
+
+
+class CodebookUsageTracker:
+    """Per-sub-codebook usage and perplexity of the training frames seen since the previous log line.
+
+    The trainer feeds it every batch's codes (`observe`); at each logging step it adds `train_codebook*` entries to
+    the log. Index collapse shows up here long before it shows in the loss.
+    """
+
+    def __init__(self, num_codebooks: int, codebook_size: int):
+        self.stats = CodebookStatistics(num_codebooks, codebook_size)
+
+    def observe(self, audio_codes: torch.Tensor, frame_mask: torch.Tensor) -> None:
+        self.stats.update(audio_codes, frame_mask)
+
+    def pop_metrics(self) -> dict[str, float]:
+        if _distributed():
+            counts = self.stats.sub_counts.clone()
+            dist.all_reduce(counts)
+            self.stats.sub_counts = counts
+        metrics = codebook_metrics(self.stats, "train_") if self.stats.num_frames else {}
+        self.stats.reset()
+        return metrics
+
+
+class EpochSetterCallback(TrainerCallback):
+    """Tells the collator the epoch, so random crops differ per epoch yet stay reproducible on resume."""
+
+    def __init__(self, collator):
+        self.collator = collator
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.collator.epoch = int(state.epoch or 0)
+
+
+class PQVAETrainer(Trainer):
+    """Trainer whose evaluation reports reconstruction and codebook metrics accumulated over the whole eval set.
+
+    Args (besides Trainer's):
+        processor: the `PQVAEProcessor` saved into every checkpoint and the final folder. (Not passed to Trainer as
+            `processing_class`: Trainer 5.x assumes a ProcessorMixin has a tokenizer and fails on audio-only ones.)
+        eval_data_collator: collator for evaluation (whole clips); defaults to `data_collator`.
+        model_card_info: dict of extra facts for the model card (data description, command, ...).
+    """
+
+    def __init__(self, *args, processor=None, eval_data_collator=None, model_card_info: dict | None = None,
+                 **kwargs):
+        super().__init__(*args, **kwargs)
+        self.processor = processor
+        self.eval_data_collator = eval_data_collator or self.data_collator
+        self.model_card_info = dict(model_card_info or {})
+        config = self.model.config
+        self.usage_tracker = CodebookUsageTracker(config.num_codebooks, config.codebook_size)
+        self.last_eval_metrics: dict[str, float] = {}
+
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        super()._save(output_dir, state_dict)
+        if self.processor is not None:
+            self.processor.save_pretrained(output_dir or self.args.output_dir)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        outputs = model(**inputs)
+        if model.training:
+            self.usage_tracker.observe(outputs.audio_codes, outputs.frame_mask)
+            self._loss_parts = {
+                "reconstruction_loss": float(outputs.reconstruction_loss),
+                "dual_reconstruction_loss": float(outputs.dual_reconstruction_loss),
+                "commitment_loss": float(outputs.commitment_loss),
+            }
+        return (outputs.loss, outputs) if return_outputs else outputs.loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs:  # a training log line: add the codebook picture of the frames since the last one
+            logs = {**logs, **getattr(self, "_loss_parts", {}), **self.usage_tracker.pop_metrics()}
+        super().log(logs, start_time)
+
+    @torch.no_grad()
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+        if dataset is None:
+            raise ValueError("evaluate() needs an eval_dataset.")
+        start = time.time()
+        model = self.accelerator.unwrap_model(self.model)
+        was_training = model.training
+        model.eval()
+        if _distributed():
+            dataset = dataset.shard(num_shards=dist.get_world_size(), index=dist.get_rank(), contiguous=True)
+        loader = DataLoader(dataset, batch_size=self.args.per_device_eval_batch_size, shuffle=False,
+                            collate_fn=self.eval_data_collator, num_workers=self.args.dataloader_num_workers)
+        config = model.config
+        stats = CodebookStatistics(config.num_codebooks, config.codebook_size)
+        totals = torch.zeros(5, dtype=torch.float64)  # frames, mel L1, mel L2, dual-decoding loss, loss (frame sums)
+        for batch in tqdm(loader, desc="Evaluating", disable=not self.is_local_process_zero(), leave=False):
+            batch = {key: value.to(self.args.device) for key, value in batch.items()}
+            out = model(**batch)
+            mask = out.frame_mask[:, None, :].to(out.mel.dtype)
+            error = (out.mel - out.target_mel) * mask
+            frames = float(out.frame_mask.sum())
+            totals[0] += frames
+            totals[1] += float(error.abs().sum()) / config.num_mel_bins
+            totals[2] += float((error**2).sum()) / config.num_mel_bins
+            totals[3] += float(out.dual_reconstruction_loss) * frames
+            totals[4] += float(out.loss) * frames
+            stats.update(out.audio_codes, out.frame_mask)
+        if _distributed():
+            dist.all_reduce(totals)
+            counts = stats.sub_counts.clone()
+            dist.all_reduce(counts)
+            gathered = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, (stats.composite_ids, stats.composite_counts))
+            merged = CodebookStatistics(config.num_codebooks, config.codebook_size)
+            merged.sub_counts = counts
+            for ids, composite_counts in gathered:
+                other = CodebookStatistics(config.num_codebooks, config.codebook_size)
+                other.composite_ids, other.composite_counts = ids, composite_counts
+                merged.merge(other)
+            merged.sub_counts = counts
+            stats = merged
+        frames = max(float(totals[0]), 1.0)
+        prefix = f"{metric_key_prefix}_"
+        metrics = {
+            f"{prefix}loss": float(totals[4]) / frames,
+            f"{prefix}mel_l1": float(totals[1]) / frames,
+            f"{prefix}mel_l2": float(totals[2]) / frames,
+            f"{prefix}frames": int(totals[0]),
+            f"{prefix}bits_per_second": config.bits_per_second,
+            **codebook_metrics(stats, prefix),
+        }
+        if config.dual_decoding_weight > 0:
+            metrics[f"{prefix}dual_reconstruction_loss"] = float(totals[3]) / frames
+        metrics[f"{prefix}runtime"] = round(time.time() - start, 3)
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        self.last_eval_metrics = metrics
+        if was_training:
+            model.train()
+        return metrics
+
+    def create_model_card(self, model_name: str | None = None, **kwargs) -> None:
+        """Writes our own README.md (config summary, data, measured metrics) instead of Trainer's generic card."""
+        if not self.is_world_process_zero():
+            return
+        write_model_card(
+            self.args.output_dir,
+            self.accelerator.unwrap_model(self.model).config,
+            metrics=self.last_eval_metrics,
+            model_name=model_name or os.path.basename(os.path.normpath(self.args.output_dir)),
+            training={"steps": self.state.global_step, **self.model_card_info},
+        )
+        with open(os.path.join(self.args.output_dir, "eval_results.json"), "w") as handle:
+            json.dump(self.last_eval_metrics, handle, indent=2)
