@@ -124,7 +124,8 @@ class PQVAETrainer(Trainer):
         config = model.config
         stats = CodebookStatistics(config.num_codebooks, config.codebook_size)
         totals = torch.zeros(5, dtype=torch.float64)  # frames, mel L1, mel L2, dual-decoding loss, loss (frame sums)
-        for batch in tqdm(loader, desc="Evaluating", disable=not self.is_local_process_zero(), leave=False):
+        quiet = self.args.disable_tqdm or not self.is_local_process_zero()
+        for batch in tqdm(loader, desc="Evaluating", disable=quiet, leave=False):
             batch = {key: value.to(self.args.device) for key, value in batch.items()}
             out = model(**batch)
             mask = out.frame_mask[:, None, :].to(out.mel.dtype)

@@ -1,0 +1,227 @@
+"""`pqvae` command line: tokenize, reconstruct, inspect a model, and the demo (the README's main job).
+
+    pqvae info [MODEL]
+    pqvae tokenize AUDIO [--model M] [--out codes.npy|codes.json]
+    pqvae reconstruct AUDIO -o out.wav [--model M] [--plot cmp.png] [--compare-griffin-lim]
+    pqvae demo [--out-dir outputs/demo]
+
+MODEL defaults to the checkpoint shipped in checkpoints/pqvae-speech-small (or $PQVAE_MODEL).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from .inference import REPO_ROOT, decode_long, encode_long, load_audio, load_model
+
+DEMO_CLIP = os.path.join(REPO_ROOT, "assets", "speech_orig_16k.flac")
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def cmd_info(args) -> dict:
+    model = load_model(args.model_path or args.model)
+    config = model.config
+    info = {
+        "model": args.model_path or args.model or "shipped default",
+        "sampling_rate": config.sampling_rate,
+        "frame_rate": config.frame_rate,
+        "quantizer": config.quantizer_type,
+        "num_codebooks (M)": config.num_codebooks,
+        "codebook_size (N)": config.codebook_size,
+        "composite_codebook_size (N^M)": config.composite_codebook_size,
+        "bits_per_second": config.bits_per_second,
+        "dual_decoding_weight": config.dual_decoding_weight,
+        "vocoder": config.vocoder,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "parameters_vocoder": sum(p.numel() for p in model.vocoder.parameters()) if model.vocoder is not None else 0,
+    }
+    for key, value in info.items():
+        print(f"{key:32s} {value:,}" if isinstance(value, int) else f"{key:32s} {value}")
+    return info
+
+
+def cmd_tokenize(args) -> dict:
+    model = load_model(args.model)
+    audio = load_audio(args.audio, model.config.sampling_rate, log=_log)
+    start = time.time()
+    codes = encode_long(model, audio, chunk_seconds=args.chunk_seconds, progress=True)
+    elapsed = time.time() - start
+    composite = model.codes_to_composite(codes[None])[0]
+    seconds = len(audio) / model.config.sampling_rate
+    summary = {
+        "audio_seconds": round(seconds, 3),
+        "frames": codes.shape[-1],
+        "tokens_per_second": round(codes.shape[-1] / seconds, 2),
+        "bits_per_second": model.config.bits_per_second,
+        "encode_seconds": round(elapsed, 3),
+        "realtime_factor": round(seconds / max(elapsed, 1e-9), 1),
+    }
+    if args.out:
+        if args.out.endswith(".json"):
+            with open(args.out, "w") as handle:
+                json.dump({"audio_codes": codes.tolist(), "composite_ids": composite.tolist(),
+                           "num_codebooks": model.config.num_codebooks,
+                           "codebook_size": model.config.codebook_size, **summary}, handle)
+        elif args.out.endswith(".npy"):
+            np.save(args.out, codes.numpy())
+        else:
+            raise SystemExit(f"--out must end in .npy or .json, got {args.out}")
+        _log(f"wrote {args.out} (codes of shape {tuple(codes.shape)})")
+    else:
+        print(" ".join(map(str, composite.tolist()[:50])) + (" ..." if len(composite) > 50 else ""))
+    print(json.dumps(summary))
+    return summary
+
+
+def plot_mels(reference_mel: np.ndarray, reconstructed_mel: np.ndarray, path: str, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 1, figsize=(10, 5.5), sharex=True, constrained_layout=True)
+    low, high = float(np.percentile(reference_mel, 1)), float(reference_mel.max())
+    for axis, mel, name in zip(axes, (reference_mel, reconstructed_mel), ("input", "reconstruction")):
+        image = axis.imshow(mel, origin="lower", aspect="auto", vmin=low, vmax=high, cmap="magma")
+        axis.set_ylabel(f"{name}\nmel bin")
+    axes[-1].set_xlabel("frame")
+    fig.colorbar(image, ax=axes, label="log magnitude")
+    fig.suptitle(title)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def cmd_reconstruct(args) -> dict:
+    model = load_model(args.model)
+    config = model.config
+    audio = load_audio(args.audio, config.sampling_rate, log=_log)
+    from .metrics import intelligibility_and_quality, log_mel_distances
+
+    start = time.time()
+    codes = encode_long(model, audio, chunk_seconds=args.chunk_seconds, progress=True)
+    encode_seconds = time.time() - start
+    start = time.time()
+    mel, waveform = decode_long(model, codes, num_samples=len(audio), chunk_seconds=args.chunk_seconds,
+                                progress=True)
+    decode_seconds = time.time() - start
+    if waveform is None:
+        raise SystemExit("This model has vocoder='none'; nothing to write. Load it with vocoder='griffin_lim'.")
+    reconstruction = waveform.numpy()
+    peak = float(np.abs(reconstruction).max())
+    if peak > 1.0:  # writing PCM would clip; scale down and say so rather than distort silently
+        _log(f"reconstruction peaks at {peak:.2f}; scaled to 0.99 before writing")
+        reconstruction = reconstruction * (0.99 / peak)
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    sf.write(args.output, reconstruction, config.sampling_rate)
+    seconds = len(audio) / config.sampling_rate
+    with torch.no_grad():
+        input_mel = model.front_end(torch.from_numpy(audio)[None].to(model.device))[0].cpu()
+    summary = {
+        "input": args.audio,
+        "output": args.output,
+        "audio_seconds": round(seconds, 3),
+        "tokens": int(codes.shape[-1]),
+        "tokens_per_second": round(codes.shape[-1] / seconds, 2),
+        "bits_per_second": config.bits_per_second,
+        "composite_codebook_size": config.composite_codebook_size,
+        "vocoder": config.vocoder,
+        "encode_realtime_factor": round(seconds / max(encode_seconds, 1e-9), 1),
+        "decode_realtime_factor": round(seconds / max(decode_seconds, 1e-9), 1),
+        "token_mel_l1": float((mel - input_mel).abs().mean()),
+        **log_mel_distances(model, audio, waveform.numpy()),
+        **intelligibility_and_quality(audio, waveform.numpy(), config.sampling_rate),
+    }
+    if args.compare_griffin_lim and config.vocoder != "griffin_lim":
+        from .modeling.modeling_pqvae import GriffinLim
+
+        griffin_lim = GriffinLim(config, model.front_end)
+        with torch.no_grad():
+            baseline = griffin_lim(mel[None].to(model.device))[0].cpu().numpy()
+        baseline = np.pad(baseline, (0, max(0, len(audio) - len(baseline))))[: len(audio)]
+        summary["griffin_lim"] = {**log_mel_distances(model, audio, baseline),
+                                  **intelligibility_and_quality(audio, baseline, config.sampling_rate)}
+        if args.output.endswith(".wav"):
+            sf.write(args.output[:-4] + "_griffin_lim.wav", np.clip(baseline, -1, 1), config.sampling_rate)
+    if args.plot:
+        plot_mels(input_mel.numpy(), mel.numpy(), args.plot,
+                  f"{os.path.basename(args.audio)}: {config.num_codebooks} x {config.codebook_size} codes,"
+                  f" {config.bits_per_second:g} bit/s, log-mel L1 {summary['token_mel_l1']:.3f}")
+        summary["plot"] = args.plot
+    print(json.dumps(summary, indent=2))
+    return summary
+
+
+def cmd_demo(args) -> dict:
+    """The README's main job: tokenize and reconstruct a real speech clip with the shipped checkpoint."""
+    out_dir = args.out_dir
+    os.makedirs(out_dir, exist_ok=True)
+    _log(f"Demo: {DEMO_CLIP} (real speech, codec2-examples, LGPL-2.1; test split, unseen in training)")
+    tokenize_args = argparse.Namespace(model=args.model, audio=DEMO_CLIP, out=os.path.join(out_dir, "codes.json"),
+                                       chunk_seconds=60.0)
+    cmd_tokenize(tokenize_args)
+    reconstruct_args = argparse.Namespace(model=args.model, audio=DEMO_CLIP,
+                                          output=os.path.join(out_dir, "reconstruction.wav"),
+                                          plot=os.path.join(out_dir, "mel_comparison.png"), chunk_seconds=60.0,
+                                          compare_griffin_lim=True)
+    summary = cmd_reconstruct(reconstruct_args)
+    with open(os.path.join(out_dir, "summary.json"), "w") as handle:
+        json.dump(summary, handle, indent=2)
+    _log(f"Demo outputs in {out_dir}: codes.json, reconstruction.wav, mel_comparison.png, summary.json")
+    return summary
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pqvae", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    info = sub.add_parser("info", help="config summary of a model")
+    info.add_argument("model_path", nargs="?", default=None)
+    info.add_argument("--model", default=None)
+    info.set_defaults(func=cmd_info)
+
+    tokenize = sub.add_parser("tokenize", help="audio file -> codes")
+    tokenize.add_argument("audio")
+    tokenize.add_argument("--model", default=None)
+    tokenize.add_argument("--out", default=None, help="codes.npy (M x frames) or codes.json")
+    tokenize.add_argument("--chunk-seconds", type=float, default=60.0, help="bounded-memory chunk length")
+    tokenize.set_defaults(func=cmd_tokenize)
+
+    reconstruct = sub.add_parser("reconstruct", help="audio file -> codes -> audio file")
+    reconstruct.add_argument("audio")
+    reconstruct.add_argument("-o", "--output", required=True)
+    reconstruct.add_argument("--model", default=None)
+    reconstruct.add_argument("--plot", default=None, help="PNG comparing input and reconstructed log-mel")
+    reconstruct.add_argument("--compare-griffin-lim", action="store_true",
+                             help="also vocode the same mel with Griffin-Lim and report its metrics")
+    reconstruct.add_argument("--chunk-seconds", type=float, default=60.0)
+    reconstruct.set_defaults(func=cmd_reconstruct)
+
+    demo = sub.add_parser("demo", help="tokenize + reconstruct the shipped real speech clip")
+    demo.add_argument("--model", default=None)
+    demo.add_argument("--out-dir", default="outputs/demo")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None):
+    args = build_parser().parse_args(argv)
+    torch.set_grad_enabled(False)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as error:
+        raise SystemExit(f"pqvae {args.command}: {error}")
+
+
+if __name__ == "__main__":
+    main()
