@@ -31,6 +31,8 @@ from .modeling import (  # noqa: E402
     composite_to_codes,
 )
 
+from .dataset_tokenization import shard_for_this_process, tokenize_dataset  # noqa: E402
+
 __version__ = "0.1.0"
 
 AutoConfig.register("pqvae", PQVAEConfig, exist_ok=True)
@@ -55,4 +57,6 @@ __all__ = [
     "PQVAEProcessor",
     "codes_to_composite",
     "composite_to_codes",
+    "shard_for_this_process",
+    "tokenize_dataset",
 ]

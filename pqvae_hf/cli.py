@@ -3,6 +3,7 @@
     pqvae info [MODEL]
     pqvae tokenize AUDIO [--model M] [--out codes.npy|codes.json]
     pqvae reconstruct AUDIO -o out.wav [--model M] [--plot cmp.png] [--compare-griffin-lim]
+    pqvae tokenize-dataset --dataset_dir DIR [--split test --split_column split] --output_dir tokens/
     pqvae demo [--out-dir outputs/demo]
 
 MODEL defaults to the checkpoint shipped in checkpoints/pqvae-speech-small (or $PQVAE_MODEL).
@@ -181,6 +182,37 @@ def cmd_demo(args) -> dict:
     return summary
 
 
+def cmd_tokenize_dataset(args) -> dict:
+    """A whole corpus -> token dataset (save_to_disk and/or push_to_hub), with a summary."""
+    from .data import load_audio_dataset
+    from .dataset_tokenization import shard_for_this_process, tokenize_dataset
+    from .inference import default_model_path
+
+    dataset = load_audio_dataset(dataset_name=args.dataset_name, dataset_dir=args.dataset_dir, split=args.split,
+                                 split_column=args.split_column, audio_column=args.audio_column,
+                                 max_samples=args.max_samples)
+    dataset = shard_for_this_process(dataset, args.shard_index, args.num_shards)
+    start = time.time()
+    tokens = tokenize_dataset(dataset, args.model or default_model_path(), audio_column=args.audio_column,
+                              batch_size=args.batch_size, num_proc=args.num_proc, device=args.device,
+                              chunk_seconds=args.chunk_seconds, lm_token_offset=args.lm_token_offset,
+                              add_boundary_tokens=args.add_boundary_tokens, log_summary=False)
+    wall = time.time() - start
+    audio_seconds = float(np.sum(tokens["duration_s"]))
+    num_tokens = int(np.sum(tokens["num_frames"]))
+    summary = {"files": len(tokens), "audio_hours": round(audio_seconds / 3600, 4), "tokens": num_tokens,
+               "wall_seconds": round(wall, 2), "tokens_per_second": round(num_tokens / max(wall, 1e-9), 1),
+               "audio_seconds_per_second": round(audio_seconds / max(wall, 1e-9), 2)}
+    if args.output_dir:
+        tokens.save_to_disk(args.output_dir)
+        summary["saved_to"] = args.output_dir
+    if args.push_to_hub:
+        tokens.push_to_hub(args.push_to_hub)
+        summary["pushed_to"] = args.push_to_hub
+    print(json.dumps(summary, indent=2))
+    return summary
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pqvae", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -206,6 +238,27 @@ def build_parser() -> argparse.ArgumentParser:
                              help="also vocode the same mel with Griffin-Lim and report its metrics")
     reconstruct.add_argument("--chunk-seconds", type=float, default=60.0)
     reconstruct.set_defaults(func=cmd_reconstruct)
+
+    corpus = sub.add_parser("tokenize-dataset", help="tokenize a whole dataset with datasets.map")
+    source = corpus.add_mutually_exclusive_group(required=True)
+    source.add_argument("--dataset_dir", help="audiofolder (metadata.csv) or save_to_disk folder")
+    source.add_argument("--dataset_name", help="Hub dataset id")
+    corpus.add_argument("--split", default="train")
+    corpus.add_argument("--split_column", default=None, help="select rows by this column's value (e.g. split)")
+    corpus.add_argument("--audio_column", default="audio")
+    corpus.add_argument("--max_samples", type=int, default=None)
+    corpus.add_argument("--model", default=None)
+    corpus.add_argument("--output_dir", default=None, help="save_to_disk folder for the token dataset")
+    corpus.add_argument("--push_to_hub", default=None, metavar="REPO_ID", help="push the token dataset to the Hub")
+    corpus.add_argument("--batch_size", type=int, default=16)
+    corpus.add_argument("--num_proc", type=int, default=None, help="worker processes (each loads the model once)")
+    corpus.add_argument("--device", default="cpu", help="cpu or cuda (workers spread over GPUs by rank)")
+    corpus.add_argument("--chunk_seconds", type=float, default=60.0, help="longer files are encoded in chunks")
+    corpus.add_argument("--lm_token_offset", type=int, default=None, help="also write lm_tokens = id + offset")
+    corpus.add_argument("--add_boundary_tokens", action="store_true", help="wrap lm_tokens in begin/end markers")
+    corpus.add_argument("--shard_index", type=int, default=None, help="this node's shard (default $RANK)")
+    corpus.add_argument("--num_shards", type=int, default=None, help="number of shards (default $WORLD_SIZE)")
+    corpus.set_defaults(func=cmd_tokenize_dataset)
 
     demo = sub.add_parser("demo", help="tokenize + reconstruct the shipped real speech clip")
     demo.add_argument("--model", default=None)

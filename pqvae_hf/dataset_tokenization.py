@@ -63,7 +63,7 @@ def _materialize(model_or_path) -> str:
     for key in sorted(state):
         digest.update(key.encode())
         digest.update(state[key].detach().cpu().contiguous().numpy().tobytes())
-    cache = os.path.join(os.environ.get("PQVAE_CACHE", os.path.join(tempfile.gettempdir(), "pqvae_hf")),
+    cache = os.path.join(os.environ.get("PQVAE_CACHE", os.path.join(tempfile.gettempdir(), "pqvae-hf-cache")),
                          "models", digest.hexdigest()[:16])
     if not os.path.isfile(os.path.join(cache, "model.safetensors")):
         model_or_path.save_pretrained(cache)

@@ -94,3 +94,17 @@ def test_cache_hit_on_rerun_and_miss_when_the_model_changes(dataset, checkpoint,
     changed.save_pretrained(tmp_path / "changed")
     other = tokenize_dataset(dataset, str(tmp_path / "changed"), batch_size=8)
     assert other.cache_files[0]["filename"] != first.cache_files[0]["filename"]
+
+
+def test_cli_tokenize_dataset_writes_a_token_dataset(audiofolder, checkpoint, tmp_path):
+    from datasets import load_from_disk
+
+    from pqvae_hf.cli import main
+
+    _, path = checkpoint
+    summary = main(["tokenize-dataset", "--dataset_dir", str(audiofolder), "--split", "test", "--split_column",
+                    "split", "--model", path, "--output_dir", str(tmp_path / "tokens"), "--lm_token_offset", "5"])
+    saved = load_from_disk(str(tmp_path / "tokens"))
+    assert summary["files"] == len(saved) == 6
+    assert summary["tokens"] == sum(saved["num_frames"]) and summary["audio_seconds_per_second"] > 0
+    assert all(t == c + 5 for row in saved for t, c in zip(row["lm_tokens"], row["composite_ids"]))
