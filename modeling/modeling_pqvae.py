@@ -21,6 +21,7 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from .configuration_pqvae import PQVAEConfig
+from .vocoder_pqvae import PQVAEVocoder, VocoderConvNeXtBlock
 from .quantization_pqvae import (
     ProductQuantizer,
     ResidualQuantizer,
@@ -246,8 +247,10 @@ class PQVAEPreTrainedModel(PreTrainedAudioTokenizerBase):
         if isinstance(module, LogMelSpectrogram):
             init.copy_(module.window, torch.hann_window(self.config.win_length))
             init.copy_(module.mel_filters, mel_filterbank(self.config))
-        elif isinstance(module, ConvNeXtBlock):
+        elif isinstance(module, (ConvNeXtBlock, VocoderConvNeXtBlock)):
             init.constant_(module.layer_scale, module.layer_scale_init)
+        elif isinstance(module, PQVAEVocoder):
+            module.reset_buffers()
         elif isinstance(module, VectorQuantizerGroup):
             bound = 1.0 / module.codebook_size
             init.uniform_(module.codebook, -bound, bound)
@@ -282,8 +285,16 @@ class PQVAEModel(PQVAEPreTrainedModel):
             config.num_codebooks, config.codebook_size, config.codebook_dim, **quantizer_flags
         )
         self.decoder = ConvNeXtStack(config, config.codebook_dim, config.num_mel_bins, config.num_decoder_layers)
-        # The waveform stage sits behind one attribute so a neural vocoder can take its place.
-        self.vocoder = GriffinLim(config, self.front_end) if config.vocoder == "griffin_lim" else None
+        # The vocoder is a sub-module rather than a separate PreTrainedModel: one folder, one safetensors file, one
+        # config and one `from_pretrained` give tokens *and* audio, and the vocoder's mel settings cannot drift from
+        # the front-end's. It is trained separately (pqvae_hf.vocoder_training) and merged into the checkpoint;
+        # `decode(..., return_waveform=False)` skips it.
+        if config.vocoder == "neural":
+            self.vocoder = PQVAEVocoder(config)
+        elif config.vocoder == "griffin_lim":
+            self.vocoder = GriffinLim(config, self.front_end)
+        else:
+            self.vocoder = None
         self.post_init()
 
     # ---------------------------------------------------------------- input checks

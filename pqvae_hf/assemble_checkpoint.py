@@ -1,0 +1,116 @@
+"""Merge a trained tokenizer and a trained vocoder into one shippable folder, evaluate it, write its model card.
+
+    python -m pqvae_hf.assemble_checkpoint --tokenizer runs/pq2x256 --vocoder runs/vocoder/vocoder.safetensors \
+        --corpus_dir corpus --output checkpoints/pqvae-speech-small
+
+The folder gets: config.json (vocoder="neural"), model.safetensors (tokenizer + vocoder), processor, model code,
+the corpus licence files, eval_results.json (from pqvae_hf.evaluation on the test split) and README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+
+import torch
+from safetensors.torch import load_file
+
+from . import PQVAEConfig, PQVAEFeatureExtractor, PQVAEModel, PQVAEProcessor
+from .evaluation import main as evaluate_main
+from .model_card import write_model_card
+
+
+def assemble(tokenizer_dir: str, vocoder_file: str, output: str) -> PQVAEModel:
+    tokenizer = PQVAEModel.from_pretrained(tokenizer_dir)
+    config = PQVAEConfig.from_dict({**tokenizer.config.to_dict(), "vocoder": "neural"})
+    model = PQVAEModel(config)
+    state = {k: v for k, v in tokenizer.state_dict().items() if not k.startswith("vocoder.")}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or any(not key.startswith("vocoder.") for key in missing):
+        raise ValueError(f"Tokenizer weights do not fit: missing {missing}, unexpected {unexpected}.")
+    model.vocoder.load_state_dict(load_file(vocoder_file), strict=True)
+    model.eval()
+    os.makedirs(output, exist_ok=True)
+    model.save_pretrained(output)
+    PQVAEProcessor(PQVAEFeatureExtractor(sampling_rate=config.sampling_rate), num_codebooks=config.num_codebooks,
+                   codebook_size=config.codebook_size).save_pretrained(output)
+    return model
+
+
+def _card_sections(evaluation: dict, vocoder_metrics: dict | None, corpus_licenses: list[str], notes: dict) -> str:
+    tokens = evaluation["tokens"]
+    lines = ["## Test split (unseen languages and speakers), measured by `pqvae_hf.evaluation`", "",
+             f"{tokens['clips']} clips, {tokens['audio_seconds'] / 60:.1f} min of audio, {tokens['frames']:,} frames"
+             f" ({evaluation['decoding']}).", "",
+             "| metric | value |", "|---|---|",
+             f"| log-mel L1 (tokens -> mel) | {tokens['log_mel_l1']:.4f} |",
+             f"| log-mel L2 | {tokens['log_mel_l2']:.4f} |",
+             f"| bits per second | {tokens['bits_per_second']:g} |"]
+    for index, (usage, fraction, perplexity) in enumerate(zip(
+            tokens["codebook_usage"], tokens["codebook_usage_fraction"], tokens["codebook_perplexity"])):
+        lines.append(f"| codebook {index}: used / perplexity | {usage} ({fraction:.1%}) / {perplexity:.1f} |")
+    lines += [f"| composite: used / perplexity | {tokens['composite_usage']:,} / {tokens['composite_perplexity']:,.0f} |",
+              f"| product of sub-perplexities | {tokens['product_of_codebook_perplexities']:,.0f} |"]
+    if "waveforms" in evaluation:
+        lines += ["", f"Waveforms ({evaluation['waveform_selection']}); tokens -> mel -> vocoder:", "",
+                  "| vocoder | STOI | PESQ-WB | waveform log-mel L1 |", "|---|---|---|---|"]
+        for name, scores in evaluation["waveforms"].items():
+            stoi = f"{scores['stoi']:.3f}" if scores["stoi"] is not None else "n/a"
+            pesq = f"{scores['pesq_wb']:.2f}" if scores["pesq_wb"] is not None else "n/a"
+            lines.append(f"| {name} | {stoi} | {pesq} | {scores['log_mel_l1']:.3f} |")
+    if vocoder_metrics:
+        lines += ["", "## Vocoder training (`pqvae_hf.vocoder_training`)", "", "```json",
+                  json.dumps(vocoder_metrics, indent=1)[:3000], "```"]
+    lines += ["", "## Data and licences", "",
+              "Trained on the `train` split of the speech corpus built by `shared/data/fetch_speech_corpus.sh`: about"
+              " 384 minutes of real recordings from Debian packages (asterisk prompts, fillets-ng voices, klettres,"
+              " ktuberling, gcin-voice, ...), many languages, mixed sample rates resampled to 16 kHz. The packages'"
+              " licences (GPL, LGPL, CC-BY, CC-BY-SA) are copied in `licenses/`; weights trained on them should be"
+              " redistributed under terms compatible with those licences.", ""]
+    lines += [f"- `licenses/{name}`" for name in corpus_licenses]
+    if notes:
+        lines += ["", "## How it was made", ""] + [f"- {key}: {value}" for key, value in notes.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tokenizer", required=True, help="trained tokenizer folder (pqvae-train output)")
+    parser.add_argument("--vocoder", required=True, help="vocoder.safetensors from pqvae_hf.vocoder_training")
+    parser.add_argument("--vocoder_metrics", default=None, help="vocoder_metrics.json from the vocoder run")
+    parser.add_argument("--corpus_dir", required=True, help="speech corpus (for the test split and licences)")
+    parser.add_argument("--output", required=True)
+    parser.add_argument("--waveform_clips", type=int, default=40)
+    parser.add_argument("--note", action="append", default=[], metavar="KEY=VALUE",
+                        help="facts for the model card, e.g. 'training command=...'")
+    args = parser.parse_args(argv)
+
+    assemble(args.tokenizer, args.vocoder, args.output)
+    evaluation = evaluate_main(["--model", args.output, "--dataset_dir", args.corpus_dir, "--split", "test",
+                                "--split_column", "split", "--waveform_clips", str(args.waveform_clips),
+                                "--output", os.path.join(args.output, "eval_results.json")])
+    licenses_src = os.path.join(args.corpus_dir, "licenses")
+    licenses = sorted(os.listdir(licenses_src)) if os.path.isdir(licenses_src) else []
+    if licenses:
+        shutil.copytree(licenses_src, os.path.join(args.output, "licenses"), dirs_exist_ok=True)
+    vocoder_metrics = None
+    if args.vocoder_metrics and os.path.isfile(args.vocoder_metrics):
+        with open(args.vocoder_metrics) as handle:
+            vocoder_metrics = json.load(handle)
+    notes = dict(item.split("=", 1) for item in args.note)
+    model = PQVAEModel.from_pretrained(args.output)
+    parameters = {"tokenizer parameters": sum(p.numel() for n, p in model.named_parameters()
+                                              if not n.startswith("vocoder.")),
+                  "vocoder parameters": sum(p.numel() for p in model.vocoder.parameters())}
+    write_model_card(args.output, model.config, model_name=os.path.basename(os.path.normpath(args.output)),
+                     training={**parameters}, extra_sections=_card_sections(evaluation, vocoder_metrics, licenses,
+                                                                            notes))
+    size = sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(args.output) for f in files)
+    print(f"wrote {args.output} ({size / 2**20:.1f} MiB)")
+
+
+if __name__ == "__main__":
+    torch.set_grad_enabled(False)
+    main()

@@ -1,0 +1,92 @@
+"""The checkpoint shipped in checkpoints/pqvae-speech-small: loads anywhere, vocodes, matches its model card."""
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import load_in_clean_process
+
+from pqvae_hf import PQVAEModel
+from pqvae_hf.inference import DEFAULT_CHECKPOINT, load_audio
+
+SHIPPED = Path(DEFAULT_CHECKPOINT)
+DEMO_CLIP = Path(__file__).resolve().parent.parent / "assets" / "speech_orig_16k.flac"
+CORPUS = os.environ.get("PQVAE_CORPUS_DIR", str(Path(__file__).resolve().parent.parent / "data" / "speech_corpus"))
+pytestmark = pytest.mark.skipif(not (SHIPPED / "model.safetensors").exists(), reason="no shipped checkpoint yet")
+
+
+@pytest.fixture(scope="module")
+def model():
+    return PQVAEModel.from_pretrained(SHIPPED).eval()
+
+
+def test_folder_is_small_complete_and_configured(model):
+    size = sum(f.stat().st_size for f in SHIPPED.rglob("*") if f.is_file())
+    assert size < 30 * 2**20, size
+    for name in ("config.json", "model.safetensors", "processor_config.json", "modeling_pqvae.py",
+                 "vocoder_pqvae.py", "README.md", "eval_results.json"):
+        assert (SHIPPED / name).exists(), name
+    assert list((SHIPPED / "licenses").glob("*.copyright"))
+    config = model.config
+    assert (config.num_codebooks, config.codebook_size, config.vocoder) == (2, 256, "neural")
+    assert config.composite_codebook_size == 65536 and config.dual_decoding_weight > 0
+
+
+def test_loads_with_remote_code_in_a_clean_process(model, tmp_path):
+    audio = load_audio(str(DEMO_CLIP), 16000)[: 3 * 16000]
+    remote = load_in_clean_process(SHIPPED, audio[None], tmp_path)
+    with torch.no_grad():
+        codes = model.encode(torch.from_numpy(audio)[None, None]).audio_codes
+    assert remote["codes"] == codes.tolist()
+
+
+def test_decode_returns_audio_of_the_input_length(model):
+    audio = torch.from_numpy(load_audio(str(DEMO_CLIP), 16000)[: 2 * 16000 + 123])
+    values = torch.zeros(2, 1, audio.shape[0])
+    values[0, 0] = audio
+    values[1, 0, :20000] = audio[:20000]
+    mask = torch.zeros(2, audio.shape[0], dtype=torch.long)
+    mask[0] = 1
+    mask[1, :20000] = 1
+    with torch.no_grad():
+        out = model.decode(model.encode(values, mask).audio_codes, mask)
+    assert out.audio_values.shape == values.shape
+    assert float(out.audio_values[1, 0, 20000:].abs().max()) == 0.0
+    assert 0.01 < float(out.audio_values[0].abs().max()) < 2.0
+
+
+@pytest.mark.skipif(not os.path.isfile(os.path.join(CORPUS, "metadata.csv")),
+                    reason=f"speech corpus not found at {CORPUS} (scripts/test.sh fetches it)")
+def test_test_split_metrics_match_the_model_card(tmp_path):
+    from pqvae_hf.evaluation import main as evaluate
+
+    card = json.loads((SHIPPED / "eval_results.json").read_text())
+    again = evaluate(["--model", str(SHIPPED), "--dataset_dir", CORPUS, "--split", "test", "--split_column", "split",
+                      "--waveform_clips", "40", "--output", str(tmp_path / "again.json")])
+    tokens, expected = again["tokens"], card["tokens"]
+    assert tokens["clips"] == expected["clips"] and tokens["frames"] == expected["frames"]
+    assert tokens["log_mel_l1"] == pytest.approx(expected["log_mel_l1"], rel=1e-3)
+    for got, want in zip(tokens["codebook_usage"], expected["codebook_usage"]):
+        assert abs(got - want) <= 2
+    assert tokens["composite_perplexity"] == pytest.approx(expected["composite_perplexity"], rel=0.01)
+    for vocoder in ("neural", "griffin_lim"):
+        for key in ("stoi", "pesq_wb"):
+            assert again["waveforms"][vocoder][key] == pytest.approx(card["waveforms"][vocoder][key], abs=0.02)
+    # The neural vocoder is the point of shipping weights: it must beat Griffin-Lim on the same mel.
+    assert again["waveforms"]["neural"]["pesq_wb"] > again["waveforms"]["griffin_lim"]["pesq_wb"]
+    assert again["waveforms"]["neural"]["stoi"] > again["waveforms"]["griffin_lim"]["stoi"]
+
+
+def test_demo_command_runs_offline(tmp_path):
+    from pqvae_hf.cli import main
+
+    summary = main(["demo", "--out-dir", str(tmp_path / "demo")])
+    for name in ("codes.json", "reconstruction.wav", "reconstruction_griffin_lim.wav", "mel_comparison.png",
+                 "summary.json"):
+        assert (tmp_path / "demo" / name).exists(), name
+    assert summary["tokens_per_second"] == pytest.approx(62.5, abs=0.2) and summary["bits_per_second"] == 1000
+    assert summary["stoi"] is not None and summary["stoi"] > summary["griffin_lim"]["stoi"]
+    assert np.isfinite(summary["token_mel_l1"])
