@@ -84,8 +84,8 @@ class PQVAEVocoder(nn.Module):
             else:
                 self.window.copy_(torch.hann_window(self.win_length, dtype=self.window.dtype).to(self.window.device))
 
-    def spectrogram(self, log_mel: torch.Tensor) -> torch.Tensor:
-        """Predicted complex STFT: log-mel (B, M, F) -> (B, K, F) complex64."""
+    def magnitude_and_phase(self, log_mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """log-mel (B, M, F) -> STFT magnitude and phase, each (B, K, F) float32 (real tensors: ONNX-exportable)."""
         hidden = self.embed(log_mel.float())
         hidden = self.norm_in(hidden.transpose(1, 2)).transpose(1, 2)
         for block in self.blocks:
@@ -94,6 +94,11 @@ class PQVAEVocoder(nn.Module):
         log_magnitude, phase = out.chunk(2, dim=1)
         # Clamping before exp (not after) keeps the forward finite and the gradient defined everywhere.
         magnitude = torch.exp(log_magnitude.clamp(max=self.max_log_magnitude))
+        return magnitude, phase
+
+    def spectrogram(self, log_mel: torch.Tensor) -> torch.Tensor:
+        """Predicted complex STFT: log-mel (B, M, F) -> (B, K, F) complex64."""
+        magnitude, phase = self.magnitude_and_phase(log_mel)
         # cos/sin of an unconstrained angle: every value is a valid phase, with no wrap-around discontinuity to learn.
         return torch.complex(magnitude * torch.cos(phase), magnitude * torch.sin(phase))
 

@@ -1,0 +1,193 @@
+"""Export PQ-VAE encode (audio -> codes) and decode (codes -> log-mel, audio) to ONNX, then verify with onnxruntime.
+
+    python -m pqvae_hf.conversion.export_onnx --model checkpoints/pqvae-speech-small --output onnx/
+
+Writes `encoder.onnx` (inputs `input_values` (B, 1, T) float32 and `padding_mask` (B, T) int64; output
+`audio_codes` (B, M, T // hop + 1) int64) and `decoder.onnx` (input `audio_codes` (B, M, F); outputs `mel`
+(B, n_mels, F) and, with a neural vocoder, `audio_values` (B, (F - 1) * hop)), with dynamic batch and length axes.
+
+torch.stft / torch.istft are replaced by the same transforms written as convolutions with a fixed DFT basis, which
+every ONNX runtime supports. Verification: codes identical to PyTorch on a fixed input; log-mel and audio within the
+stated tolerances (float32 rounding of a different but equivalent computation). Griffin-Lim is iterative and not
+exported: models with vocoder="griffin_lim" get a decoder that returns the log-mel only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+MEL_TOLERANCE = 1e-3
+AUDIO_TOLERANCE = 1e-3
+
+
+def _padded_window(window: torch.Tensor, n_fft: int) -> torch.Tensor:
+    """torch.stft centres a shorter window inside n_fft samples; do the same."""
+    left = (n_fft - window.shape[0]) // 2
+    return F.pad(window, (left, n_fft - window.shape[0] - left))
+
+
+class ConvSTFTLogMel(nn.Module):
+    """Waveform (B, T) -> log-mel (B, n_mels, T // hop + 1), equal to LogMelSpectrogram up to float rounding."""
+
+    def __init__(self, front_end):
+        super().__init__()
+        n_fft, self.hop, self.floor = front_end.n_fft, front_end.hop_length, front_end.log_floor
+        self.half = n_fft // 2
+        window = _padded_window(front_end.window.detach().cpu().double(), n_fft)
+        n = torch.arange(n_fft, dtype=torch.float64)
+        k = torch.arange(n_fft // 2 + 1, dtype=torch.float64)
+        angle = 2 * math.pi * k[:, None] * n[None, :] / n_fft
+        basis = torch.cat([torch.cos(angle) * window, -torch.sin(angle) * window])  # (2K, n_fft)
+        self.register_buffer("basis", basis.float()[:, None, :])
+        self.register_buffer("mel_filters", front_end.mel_filters.detach().cpu().float())
+
+    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        spec = F.conv1d(F.pad(waveform[:, None, :], (self.half, self.half)), self.basis, stride=self.hop)
+        real, imag = spec.chunk(2, dim=1)
+        magnitude = torch.sqrt(real**2 + imag**2)
+        return torch.log(torch.clamp(torch.matmul(self.mel_filters, magnitude), min=self.floor))
+
+
+class ConvISTFT(nn.Module):
+    """Complex spectrum as (real, imag) (B, K, F) -> waveform (B, (F - 1) * hop), like torch.istft(center=True)."""
+
+    def __init__(self, n_fft: int, hop: int, window: torch.Tensor):
+        super().__init__()
+        self.n_fft, self.hop = n_fft, hop
+        window = _padded_window(window.detach().cpu().double(), n_fft)
+        n = torch.arange(n_fft, dtype=torch.float64)
+        k = torch.arange(n_fft // 2 + 1, dtype=torch.float64)
+        scale = torch.full((k.shape[0],), 2.0, dtype=torch.float64)
+        scale[0] = 1.0
+        scale[-1] = 1.0 if n_fft % 2 == 0 else 2.0
+        angle = 2 * math.pi * n[:, None] * k[None, :] / n_fft
+        self.register_buffer("cos_basis", (torch.cos(angle) * scale / n_fft * window[:, None]).float())
+        self.register_buffer("sin_basis", (-torch.sin(angle) * scale / n_fft * window[:, None]).float())
+        self.register_buffer("window_squared", (window**2).float()[None, :, None])
+        self.register_buffer("overlap_add", torch.eye(n_fft)[:, None, :])
+
+    def forward(self, real: torch.Tensor, imag: torch.Tensor) -> torch.Tensor:
+        frames = torch.matmul(self.cos_basis, real) + torch.matmul(self.sin_basis, imag)  # (B, n_fft, F)
+        audio = F.conv_transpose1d(frames, self.overlap_add, stride=self.hop)[:, 0]
+        envelope = F.conv_transpose1d(self.window_squared.expand(1, -1, real.shape[-1]), self.overlap_add,
+                                      stride=self.hop)[:, 0]
+        start = self.n_fft // 2
+        length = (real.shape[-1] - 1) * self.hop
+        return audio[:, start : start + length] / envelope[:, start : start + length].clamp_min(1e-11)
+
+
+class OnnxEncoder(nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        self.log_mel = ConvSTFTLogMel(model.front_end)
+
+    def forward(self, input_values: torch.Tensor, padding_mask: torch.Tensor) -> torch.Tensor:
+        waveform = input_values[:, 0] * padding_mask.to(input_values.dtype)
+        log_mel = self.log_mel(waveform)
+        valid = padding_mask.long().sum(-1) // self.model.config.hop_length + 1
+        frame_mask = (torch.arange(log_mel.shape[-1], device=log_mel.device)[None, :] < valid[:, None]).long()
+        latents = self.model.encoder(log_mel, frame_mask)
+        return self.model.quantizer.encode(latents)
+
+
+class OnnxDecoder(nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        vocoder = model.vocoder if model.config.vocoder == "neural" else None
+        self.istft = ConvISTFT(vocoder.n_fft, vocoder.hop_length, vocoder.window) if vocoder is not None else None
+
+    def forward(self, audio_codes: torch.Tensor):
+        latents = self.model.quantizer.decode(audio_codes)
+        frame_mask = torch.ones(audio_codes.shape[0], audio_codes.shape[-1], dtype=torch.long,
+                                device=audio_codes.device)
+        mel = self.model._decode_latents(latents, frame_mask)
+        if self.istft is None:
+            return (mel,)
+        magnitude, phase = self.model.vocoder.magnitude_and_phase(mel)
+        return mel, self.istft(magnitude * torch.cos(phase), magnitude * torch.sin(phase))
+
+
+def export(model, output: str, opset: int = 17) -> dict:
+    os.makedirs(output, exist_ok=True)
+    model = model.eval()
+    config = model.config
+    encoder, decoder = OnnxEncoder(model).eval(), OnnxDecoder(model).eval()
+    audio = torch.zeros(2, 1, config.sampling_rate)
+    mask = torch.ones(2, config.sampling_rate, dtype=torch.long)
+    codes = torch.zeros(2, config.num_codebooks, 40, dtype=torch.long)
+    encoder_path, decoder_path = os.path.join(output, "encoder.onnx"), os.path.join(output, "decoder.onnx")
+    with torch.no_grad():
+        torch.onnx.export(encoder, (audio, mask), encoder_path, input_names=["input_values", "padding_mask"],
+                          output_names=["audio_codes"], opset_version=opset, dynamo=False,
+                          dynamic_axes={"input_values": {0: "batch", 2: "samples"},
+                                        "padding_mask": {0: "batch", 1: "samples"},
+                                        "audio_codes": {0: "batch", 2: "frames"}})
+        outputs = ["mel", "audio_values"] if config.vocoder == "neural" else ["mel"]
+        torch.onnx.export(decoder, (codes,), decoder_path, input_names=["audio_codes"], output_names=outputs,
+                          opset_version=opset, dynamo=False,
+                          dynamic_axes={"audio_codes": {0: "batch", 2: "frames"}, "mel": {0: "batch", 2: "frames"},
+                                        **({"audio_values": {0: "batch", 1: "samples"}} if len(outputs) > 1 else {})})
+    return {"encoder": encoder_path, "decoder": decoder_path}
+
+
+def verify(model, paths: dict, seconds: float = 3.0, seed: int = 0) -> dict:
+    """Run both graphs with onnxruntime on a fixed speech-like input and compare with PyTorch."""
+    import onnxruntime as ort
+
+    config = model.config
+    generator = torch.Generator().manual_seed(seed)
+    t = torch.arange(int(seconds * config.sampling_rate)) / config.sampling_rate
+    audio = 0.3 * torch.sin(2 * math.pi * (120 + 80 * torch.sin(2 * math.pi * 0.5 * t)) * t)
+    audio = (audio * (0.5 + 0.5 * torch.sin(2 * math.pi * 3 * t)) + 0.01 * torch.randn(t.shape, generator=generator))
+    values = torch.stack([audio, audio])[:, None]
+    mask = torch.ones(2, audio.shape[0], dtype=torch.long)
+    mask[1, audio.shape[0] // 2 :] = 0
+    with torch.no_grad():
+        codes = model.encode(values, mask).audio_codes
+        decoded = model.decode(codes)
+    options = ort.SessionOptions()
+    encoder = ort.InferenceSession(paths["encoder"], options, providers=["CPUExecutionProvider"])
+    decoder = ort.InferenceSession(paths["decoder"], options, providers=["CPUExecutionProvider"])
+    onnx_codes = encoder.run(None, {"input_values": values.numpy(), "padding_mask": mask.numpy()})[0]
+    onnx_outputs = decoder.run(None, {"audio_codes": codes.numpy()})
+    result = {
+        "codes_identical": bool(np.array_equal(onnx_codes, codes.numpy())),
+        "codes_agreement": float(np.mean(onnx_codes == codes.numpy())),
+        "max_mel_difference": float(np.abs(onnx_outputs[0] - decoded.mel.numpy()).max()),
+    }
+    if len(onnx_outputs) > 1 and decoded.audio_values is not None:
+        result["max_audio_difference"] = float(np.abs(onnx_outputs[1] - decoded.audio_values[:, 0].numpy()).max())
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=None, help="checkpoint folder (default: the shipped checkpoint)")
+    parser.add_argument("--output", required=True)
+    parser.add_argument("--opset", type=int, default=17)
+    args = parser.parse_args(argv)
+    from pqvae_hf.inference import load_model
+
+    start = time.time()
+    paths = export(load_model(args.model), args.output, args.opset)
+    result = {**paths, **verify(load_model(args.model), paths), "seconds": round(time.time() - start, 1)}
+    print(json.dumps(result, indent=2))
+    if not result["codes_identical"] or result["max_mel_difference"] > MEL_TOLERANCE or \
+            result.get("max_audio_difference", 0.0) > AUDIO_TOLERANCE:
+        raise SystemExit(f"ONNX verification outside tolerance (mel {MEL_TOLERANCE}, audio {AUDIO_TOLERANCE}).")
+    return result
+
+
+if __name__ == "__main__":
+    main()
