@@ -326,6 +326,14 @@ class PQVAEModel(PQVAEPreTrainedModel):
             raise ValueError("input_values contains NaN or Inf samples; clean the audio before encoding.")
         return input_values
 
+    def _prepare_audio(self, input_values: torch.Tensor, padding_mask: torch.Tensor | None):
+        """Checked (B, T) waveform with padding silenced (whatever the caller put there) and its frame mask (B, F)."""
+        waveform = self._check_audio(input_values)
+        frame_mask = self.frame_mask_from_padding_mask(padding_mask, *waveform.shape, device=waveform.device)
+        if padding_mask is not None:
+            waveform = waveform * padding_mask.to(waveform.dtype)
+        return waveform, frame_mask
+
     def frame_mask_from_padding_mask(self, padding_mask: torch.Tensor | None, batch_size: int, num_samples: int,
                                      device: torch.device | None = None) -> torch.Tensor:
         """Sample mask (B, T) (1 = real audio, right padding) -> frame mask (B, F) of dtype long."""
@@ -402,10 +410,7 @@ class PQVAEModel(PQVAEPreTrainedModel):
             `F = num_samples // hop_length + 1`; an example of `L` samples has `L // hop_length + 1` valid frames.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        waveform = self._check_audio(input_values)
-        frame_mask = self.frame_mask_from_padding_mask(padding_mask, *waveform.shape, device=waveform.device)
-        if padding_mask is not None:
-            waveform = waveform * padding_mask.to(waveform.dtype)  # padding must be silence, whatever the caller sent
+        waveform, frame_mask = self._prepare_audio(input_values, padding_mask)
         _, latents = self._encode_latents(waveform, frame_mask)
         audio_codes = self.quantizer.encode(latents)
         if not return_dict:
@@ -470,10 +475,7 @@ class PQVAEModel(PQVAEPreTrainedModel):
             padding_mask (`torch.Tensor` of shape `(batch_size, num_samples)`, *optional*).
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        waveform = self._check_audio(input_values)
-        frame_mask = self.frame_mask_from_padding_mask(padding_mask, *waveform.shape, device=waveform.device)
-        if padding_mask is not None:
-            waveform = waveform * padding_mask.to(waveform.dtype)
+        waveform, frame_mask = self._prepare_audio(input_values, padding_mask)
         target_mel, latents = self._encode_latents(waveform, frame_mask)
         quantized = self.quantizer(latents, frame_mask)
 

@@ -177,6 +177,17 @@ def load_audio_dataset(dataset_name: str | None = None, dataset_dir: str | None 
 # --------------------------------------------------------------------------------------------------------------------
 
 
+def pad_batch(clips: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mono clips -> right-padded `input_values` (B, 1, T) float32 and `padding_mask` (B, T) long."""
+    length = max(clip.shape[0] for clip in clips)
+    input_values = torch.zeros(len(clips), 1, length)
+    padding_mask = torch.zeros(len(clips), length, dtype=torch.long)
+    for row, clip in enumerate(clips):
+        input_values[row, 0, : clip.shape[0]] = torch.from_numpy(np.ascontiguousarray(clip, dtype=np.float32))
+        padding_mask[row, : clip.shape[0]] = 1
+    return input_values, padding_mask
+
+
 @dataclass
 class AudioCollator:
     """Decodes a list of dataset rows into a padded batch `{"input_values": (B, 1, T), "padding_mask": (B, T)}`.
@@ -219,12 +230,7 @@ class AudioCollator:
             if audio.shape[0] == 0:
                 raise ValueError(f"Empty audio in row {row.get(self.index_column, position)}.")
             clips.append(self._crop(audio, int(row.get(self.index_column, position))))
-        length = max(clip.shape[0] for clip in clips)
-        input_values = torch.zeros(len(clips), 1, length)
-        padding_mask = torch.zeros(len(clips), length, dtype=torch.long)
-        for row, clip in enumerate(clips):
-            input_values[row, 0, : clip.shape[0]] = torch.from_numpy(clip)
-            padding_mask[row, : clip.shape[0]] = 1
+        input_values, padding_mask = pad_batch(clips)
         return {"input_values": input_values, "padding_mask": padding_mask}
 
 

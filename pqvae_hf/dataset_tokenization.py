@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from . import PQVAEModel
-from .data import AudioDecodeNotes, decode_audio
+from .data import AudioDecodeNotes, decode_audio, pad_batch
 from .inference import encode_long
 
 logger = logging.getLogger(__name__)
@@ -114,12 +114,7 @@ class DatasetTokenizer:
         for i in set(range(len(audios))) - set(short):
             codes[i] = encode_long(model, audios[i], chunk_seconds=self.chunk_seconds)
         if short:
-            length = max(audios[i].shape[0] for i in short)
-            values = torch.zeros(len(short), 1, length)
-            mask = torch.zeros(len(short), length, dtype=torch.long)
-            for row, i in enumerate(short):
-                values[row, 0, : audios[i].shape[0]] = torch.from_numpy(audios[i])
-                mask[row, : audios[i].shape[0]] = 1
+            values, mask = pad_batch([audios[i] for i in short])
             out = model.encode(values.to(model.device), mask.to(model.device))
             batch_codes = out.audio_codes.cpu()
             for row, i in enumerate(short):

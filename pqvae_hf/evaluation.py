@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import CodebookStatistics
-from .data import AudioDecodeNotes, decode_audio, load_audio_dataset
+from .data import AudioDecodeNotes, decode_audio, load_audio_dataset, pad_batch
 from .inference import load_model
 from .metrics import intelligibility_and_quality, log_mel_distances
 
@@ -33,12 +33,7 @@ def evaluate_tokens(model, audios: list[np.ndarray], batch_size: int = 8, progre
     order = np.argsort([len(a) for a in audios])  # similar lengths together: less padding, same results
     for start in tqdm(range(0, len(order), batch_size), desc="Tokens", disable=not progress):
         chunk = [audios[i] for i in order[start : start + batch_size]]
-        length = max(len(a) for a in chunk)
-        values = torch.zeros(len(chunk), 1, length)
-        mask = torch.zeros(len(chunk), length, dtype=torch.long)
-        for row, audio in enumerate(chunk):
-            values[row, 0, : len(audio)] = torch.from_numpy(audio)
-            mask[row, : len(audio)] = 1
+        values, mask = pad_batch(chunk)
         encoded = model.encode(values, mask)
         mel = model.decode(encoded.audio_codes, mask, return_waveform=False).mel
         target = model.front_end(values[:, 0] * mask)
