@@ -33,8 +33,12 @@ REPO = os.path.dirname(HERE)
 PEERS = ("pqvae", "pqvae-onnx", "encodec", "mimi", "dac")
 
 
-def _timed(function, repeats: int) -> float:
+def _timed(function, repeats: int, budget_seconds: float = 60.0) -> float:
+    start = time.perf_counter()
     function()  # warm-up (allocations, kernels, lazy init)
+    warm_up = time.perf_counter() - start
+    if warm_up * (repeats + 1) > budget_seconds:  # slow peer: fewer runs, still the median of what fits
+        repeats = max(1, min(repeats, int(budget_seconds / max(warm_up, 1e-9))))
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -87,13 +91,19 @@ def _build(name: str, device: str):
     return model.config.sampling_rate, encode, decode
 
 
-def worker(name: str, seconds: list[float], batches: list[int], repeats: int, threads: int, device: str) -> dict:
+def worker(name: str, seconds: list[float], batches: list[int], repeats: int, threads: int, device: str,
+           max_call_seconds: float = 60.0) -> dict:
     torch.set_num_threads(threads)
     torch.set_grad_enabled(False)
     rate, encode, decode = _build(name, device)
     rows = []
+    slowest = None  # audio-seconds per second of the slower direction, from the first setting
     for duration in seconds:
         for batch in batches:
+            if slowest is not None and batch * duration / slowest > max_call_seconds:
+                rows.append({"seconds": duration, "batch": batch, "skipped": f"one call would take about"
+                             f" {batch * duration / slowest:.0f} s (> {max_call_seconds:g} s)"})
+                continue
             audio = 0.1 * torch.randn(batch, 1, int(duration * rate), generator=torch.Generator().manual_seed(0))
             audio = audio.to(device)
             codes = encode(audio)
@@ -102,6 +112,8 @@ def worker(name: str, seconds: list[float], batches: list[int], repeats: int, th
             rows.append({"seconds": duration, "batch": batch,
                          "encode_audio_s_per_s": batch * duration / encode_time,
                          "decode_audio_s_per_s": batch * duration / decode_time})
+            if slowest is None:
+                slowest = min(rows[-1]["encode_audio_s_per_s"], rows[-1]["decode_audio_s_per_s"])
     return {"name": name, "sampling_rate": rate, "rows": rows,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
@@ -140,6 +152,10 @@ def to_markdown(result: dict) -> str:
             lines.append(f"| {model['name']} | - | - | failed: {model['error'][:80]} | | |")
             continue
         for row in model["rows"]:
+            if "skipped" in row:
+                lines.append(f"| {model['name']} | {row['seconds']:g} s | {row['batch']} | skipped: {row['skipped']}"
+                             " | | |")
+                continue
             lines.append(f"| {model['name']} | {row['seconds']:g} s | {row['batch']} |"
                          f" {row['encode_audio_s_per_s']:.1f} | {row['decode_audio_s_per_s']:.1f} |"
                          f" {model['peak_rss_mb']:.0f} |")
@@ -198,7 +214,7 @@ def main(argv: list[str] | None = None) -> dict:
             continue
         for row in model["rows"]:
             mine = ours.get((row["seconds"], row["batch"]))
-            if mine:
+            if mine and "skipped" not in row and "skipped" not in mine:
                 ratios.append({"peer": model["name"], "seconds": row["seconds"], "batch": row["batch"],
                                "encode_ratio": mine["encode_audio_s_per_s"] / row["encode_audio_s_per_s"],
                                "decode_ratio": mine["decode_audio_s_per_s"] / row["decode_audio_s_per_s"]})

@@ -61,8 +61,14 @@ def _card_sections(evaluation: dict, vocoder_metrics: dict | None, corpus_licens
             pesq = f"{scores['pesq_wb']:.2f}" if scores["pesq_wb"] is not None else "n/a"
             lines.append(f"| {name} | {stoi} | {pesq} | {scores['log_mel_l1']:.3f} |")
     if vocoder_metrics:
-        lines += ["", "## Vocoder training (`pqvae_hf.vocoder_training`)", "", "```json",
-                  json.dumps(vocoder_metrics, indent=1)[:3000], "```"]
+        keep = ("steps", "train_wall_time_s", "num_parameters", "num_threads", "command")
+        summary = {key: vocoder_metrics[key] for key in keep if key in vocoder_metrics}
+        summary["train_data"] = vocoder_metrics.get("train_data", {}).get("selection")
+        summary["test (from ground-truth mel)"] = {
+            name: {k: v for k, v in scores.items() if k in ("mel_l1", "mr_stft", "stoi", "pesq_wb")}
+            for name, scores in vocoder_metrics.get("test", {}).items() if isinstance(scores, dict) and "stoi" in scores}
+        lines += ["", "## Vocoder training (`pqvae_hf.vocoder_training`, from its vocoder_metrics.json)", "",
+                  "```json", json.dumps(summary, indent=1), "```"]
     lines += ["", "## Data and licences", "",
               "Trained on the `train` split of the speech corpus built by `shared/data/fetch_speech_corpus.sh`: about"
               " 384 minutes of real recordings from Debian packages (asterisk prompts, fillets-ng voices, klettres,"
@@ -104,9 +110,10 @@ def main(argv: list[str] | None = None) -> None:
     parameters = {"tokenizer parameters": sum(p.numel() for n, p in model.named_parameters()
                                               if not n.startswith("vocoder.")),
                   "vocoder parameters": sum(p.numel() for p in model.vocoder.parameters())}
+    # The weights are trained on GPL / CC-BY-SA recordings: not simply Apache-2.0 (see "Data and licences").
     write_model_card(args.output, model.config, model_name=os.path.basename(os.path.normpath(args.output)),
                      training={**parameters}, extra_sections=_card_sections(evaluation, vocoder_metrics, licenses,
-                                                                            notes))
+                                                                            notes), license="other")
     size = sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(args.output) for f in files)
     print(f"wrote {args.output} ({size / 2**20:.1f} MiB)")
 

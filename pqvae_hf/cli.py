@@ -267,7 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None):
+def run(argv: list[str] | None = None) -> dict:
+    """Runs one command and returns its summary (what `main` prints)."""
     args = build_parser().parse_args(argv)
     torch.set_grad_enabled(False)
     try:
@@ -276,5 +277,11 @@ def main(argv: list[str] | None = None):
         raise SystemExit(f"pqvae {args.command}: {error}")
 
 
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point: exit status 0 on success (errors exit non-zero with a message)."""
+    run(argv)
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

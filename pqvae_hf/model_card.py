@@ -12,13 +12,13 @@ def _format(value) -> str:
 
 
 def write_model_card(output_dir: str, config, metrics: dict | None = None, model_name: str = "pqvae",
-                     training: dict | None = None, extra_sections: str = "") -> str:
+                     training: dict | None = None, extra_sections: str = "", license: str = "apache-2.0") -> str:
     """Writes `output_dir/README.md` and returns its text. `metrics` are the measured eval numbers (none invented)."""
     parameters = training.pop("num_parameters", None) if training else None
     lines = [
         "---",
         "library_name: transformers",
-        "license: apache-2.0",
+        f"license: {license}",
         "tags: [audio, speech, audio-tokenizer, pqvae, product-quantization]",
         "pipeline_tag: feature-extraction",
         "---",

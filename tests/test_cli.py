@@ -10,7 +10,7 @@ import torch
 from conftest import chirp, tiny_config, warm_up
 
 from pqvae_hf import PQVAEModel
-from pqvae_hf.cli import main
+from pqvae_hf.cli import run as main
 from pqvae_hf.inference import decode_long, encode_long
 
 

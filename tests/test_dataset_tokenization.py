@@ -99,7 +99,7 @@ def test_cache_hit_on_rerun_and_miss_when_the_model_changes(dataset, checkpoint,
 def test_cli_tokenize_dataset_writes_a_token_dataset(audiofolder, checkpoint, tmp_path):
     from datasets import load_from_disk
 
-    from pqvae_hf.cli import main
+    from pqvae_hf.cli import run as main
 
     _, path = checkpoint
     summary = main(["tokenize-dataset", "--dataset_dir", str(audiofolder), "--split", "test", "--split_column",

@@ -81,7 +81,7 @@ def test_test_split_metrics_match_the_model_card(tmp_path):
 
 
 def test_demo_command_runs_offline(tmp_path):
-    from pqvae_hf.cli import main
+    from pqvae_hf.cli import run as main
 
     summary = main(["demo", "--out-dir", str(tmp_path / "demo")])
     for name in ("codes.json", "reconstruction.wav", "reconstruction_griffin_lim.wav", "mel_comparison.png",
