@@ -270,9 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
 def run(argv: list[str] | None = None) -> dict:
     """Runs one command and returns its summary (what `main` prints)."""
     args = build_parser().parse_args(argv)
-    torch.set_grad_enabled(False)
     try:
-        return args.func(args)
+        with torch.no_grad():  # scoped: callers (tests, notebooks) keep their own grad mode
+            return args.func(args)
     except (ValueError, FileNotFoundError) as error:
         raise SystemExit(f"pqvae {args.command}: {error}")
 

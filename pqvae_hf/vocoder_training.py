@@ -21,6 +21,7 @@ import logging
 import math
 import os
 import random
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from pqvae_hf.modeling.configuration_pqvae import PQVAEConfig
@@ -71,25 +72,148 @@ class MultiResolutionSTFTLoss(torch.nn.Module):
         return convergence / n, log_l1 / n
 
 
-class VocoderLoss(torch.nn.Module):
-    """`mel_weight * L1(log-mel(output), input log-mel) + stft_weight * (SC + log-mag L1)`.
+class ComplexSTFTLoss(torch.nn.Module):
+    """Phase-aware losses at the vocoder's own synthesis resolution, relative to the target's level.
 
+    complex: sum |Re(S_pred - S_true)| + |Im(S_pred - S_true)| / sum |Re(S_true)| + |Im(S_true)|, sums over the batch,
+    with the centred, zero-padded STFT of the front-end (n_fft, hop, win of the config). time: sum |y - x| / sum |x|.
+    Both are 0 for identical signals, ~1 for silence vs the target, and do not depend on the overall level (the
+    training data are gain-augmented). A magnitude-only loss leaves the phase free; these do not.
+
+    A log-mel does not determine the waveform's polarity (x and -x have the same mel), so with `polarity_invariant`
+    each example is compared with whichever of +target / -target its complex loss is closer to.
+
+    forward(prediction (B, T), target (B, T)) -> (complex_l1, time_l1), two scalars.
+    """
+
+    def __init__(self, config: PQVAEConfig, polarity_invariant: bool = True, eps: float = 1e-7):
+        super().__init__()
+        self.n_fft = config.n_fft
+        self.hop_length = config.hop_length
+        self.win_length = config.win_length
+        self.polarity_invariant = polarity_invariant
+        self.eps = eps
+        self.register_buffer("window", torch.hann_window(config.win_length), persistent=False)
+
+    def _stft(self, waveform: torch.Tensor) -> torch.Tensor:
+        spec = torch.stft(waveform.float(), self.n_fft, hop_length=self.hop_length, win_length=self.win_length,
+                          window=self.window, center=True, pad_mode="constant", return_complex=True)
+        return torch.view_as_real(spec)  # (B, K, F, 2)
+
+    def forward(self, prediction: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pred, true = self._stft(prediction), self._stft(target)
+        # Normalised over the whole batch (as spectral convergence is), not per example: a near-silent crop would
+        # otherwise divide by ~0 and blow the loss up.
+        complex_err = (pred - true).abs().sum(dim=(1, 2, 3))
+        time_err = (prediction - target).abs().sum(dim=-1)
+        if self.polarity_invariant:
+            flipped = (pred + true).abs().sum(dim=(1, 2, 3))
+            flip = (flipped < complex_err).detach()
+            complex_err = torch.where(flip, flipped, complex_err)
+            time_err = torch.where(flip, (prediction + target).abs().sum(dim=-1), time_err)
+        complex_l1 = complex_err.sum() / true.abs().sum().clamp_min(self.eps)
+        time_l1 = time_err.sum() / target.abs().sum().clamp_min(self.eps)
+        return complex_l1, time_l1
+
+
+def anti_wrap(x: torch.Tensor) -> torch.Tensor:
+    """|x - 2 pi round(x / 2 pi)|: the distance of an angle difference to the nearest multiple of 2 pi, in [0, pi]."""
+    return (x - 2 * math.pi * torch.round(x / (2 * math.pi))).abs()
+
+
+class PhaseDerivativeLoss(torch.nn.Module):
+    """Anti-wrapped instantaneous-frequency (time difference) and group-delay (frequency difference) errors of the
+    vocoder's predicted phase against the target's STFT phase at the synthesis resolution (as in APNet, Ai & Ling
+    2023), weighted by the target magnitude so that only bins with energy count.
+
+    Unlike the absolute phase, these are predictable from a log-mel and unchanged by the target's polarity (a constant
+    pi offset cancels in the differences). Each is in [0, pi] (~pi / 2 for random phases).
+    forward(phase (B, K, F) predicted, target waveform (B, (F - 1) * hop)) -> (instantaneous_frequency, group_delay).
+    """
+
+    def __init__(self, config: PQVAEConfig, eps: float = 1e-7):
+        super().__init__()
+        self.n_fft = config.n_fft
+        self.hop_length = config.hop_length
+        self.win_length = config.win_length
+        self.eps = eps
+        self.register_buffer("window", torch.hann_window(config.win_length), persistent=False)
+
+    def forward(self, phase: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        spec = torch.stft(target.float(), self.n_fft, hop_length=self.hop_length, win_length=self.win_length,
+                          window=self.window, center=True, pad_mode="constant", return_complex=True)
+        magnitude, true_phase = spec.abs(), spec.angle()
+        weight_t = torch.sqrt(magnitude[..., 1:] * magnitude[..., :-1])
+        weight_f = torch.sqrt(magnitude[:, 1:] * magnitude[:, :-1])
+        error_t = anti_wrap(phase.diff(dim=-1) - true_phase.diff(dim=-1))
+        error_f = anti_wrap(phase.diff(dim=1) - true_phase.diff(dim=1))
+        frequency = (weight_t * error_t).sum() / weight_t.sum().clamp_min(self.eps)
+        delay = (weight_f * error_f).sum() / weight_f.sum().clamp_min(self.eps)
+        return frequency, delay
+
+
+def synthesize(vocoder: PQVAEVocoder, log_mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`vocoder(log_mel)` plus the predicted magnitude and phase (B, K, F) it was made from, in one backbone pass."""
+    magnitude, phase = vocoder.magnitude_and_phase(log_mel)
+    spec = torch.complex(magnitude * torch.cos(phase), magnitude * torch.sin(phase))
+    waveform = torch.istft(spec, vocoder.n_fft, hop_length=vocoder.hop_length, win_length=vocoder.win_length,
+                           window=vocoder.window, center=True, length=(log_mel.shape[-1] - 1) * vocoder.hop_length)
+    return waveform, magnitude, phase
+
+
+class VocoderLoss(torch.nn.Module):
+    """`mel_weight * L1(log-mel(output), input log-mel) + stft_weight * (SC + log-mag L1)
+    + complex_stft_weight * relative complex-STFT L1 + time_weight * relative waveform L1
+    + phase_weight * (instantaneous-frequency + group-delay errors) + magnitude_weight * predicted log-magnitude L1`.
+
+    The last four (see `ComplexSTFTLoss`, `PhaseDerivativeLoss`) are off by default: the original magnitude-only loss.
     forward(waveform (B, T), log_mel (B, M, F), target (B, (F - 1) * hop)) -> dict of scalars with key "loss".
     """
 
-    def __init__(self, config: PQVAEConfig, mel_weight: float = 45.0, stft_weight: float = 5.0):
+    def __init__(self, config: PQVAEConfig, mel_weight: float = 45.0, stft_weight: float = 5.0,
+                 complex_stft_weight: float = 0.0, time_weight: float = 0.0, polarity_invariant: bool = True,
+                 phase_weight: float = 0.0, magnitude_weight: float = 0.0):
         super().__init__()
         self.front_end = LogMelSpectrogram(config)
         self.stft_loss = MultiResolutionSTFTLoss()
+        self.phase_loss = ComplexSTFTLoss(config, polarity_invariant=polarity_invariant)
         self.mel_weight = mel_weight
         self.stft_weight = stft_weight
+        self.complex_stft_weight = complex_stft_weight
+        self.time_weight = time_weight
+        self.phase_weight = phase_weight
+        self.magnitude_weight = magnitude_weight
+        self.phase_derivative_loss = PhaseDerivativeLoss(config)
 
-    def forward(self, prediction: torch.Tensor, log_mel: torch.Tensor, target: torch.Tensor) -> dict:
+    def forward(self, prediction: torch.Tensor, log_mel: torch.Tensor, target: torch.Tensor,
+                phase: torch.Tensor | None = None, magnitude: torch.Tensor | None = None) -> dict:
+        """`phase`, `magnitude`: the vocoder's predicted STFT (from `synthesize`), needed when `phase_weight` /
+        `magnitude_weight` > 0. The magnitude term is the L1 between the predicted log-magnitude (before the inverse
+        STFT) and the target's at the synthesis resolution, both floored at the front-end's `log_floor`."""
         mel_l1 = (self.front_end(prediction) - log_mel).abs().mean()
         convergence, log_l1 = self.stft_loss(prediction, target)
         loss = self.mel_weight * mel_l1 + self.stft_weight * (convergence + log_l1)
-        return {"loss": loss, "mel_l1": mel_l1, "spectral_convergence": convergence, "log_stft_l1": log_l1,
-                "mr_stft": convergence + log_l1}
+        out = {"mel_l1": mel_l1, "spectral_convergence": convergence, "log_stft_l1": log_l1,
+               "mr_stft": convergence + log_l1}
+        if self.complex_stft_weight > 0 or self.time_weight > 0:
+            complex_l1, time_l1 = self.phase_loss(prediction, target)
+            loss = loss + self.complex_stft_weight * complex_l1 + self.time_weight * time_l1
+            out.update(complex_stft_l1=complex_l1, time_l1=time_l1)
+        if self.phase_weight > 0:
+            if phase is None:
+                raise ValueError("`phase_weight` > 0 needs the predicted `phase` (see `synthesize`).")
+            frequency, delay = self.phase_derivative_loss(phase, target)
+            loss = loss + self.phase_weight * (frequency + delay)
+            out.update(inst_freq_error=frequency, group_delay_error=delay)
+        if self.magnitude_weight > 0:
+            if magnitude is None:
+                raise ValueError("`magnitude_weight` > 0 needs the predicted `magnitude` (see `synthesize`).")
+            true = self.front_end.magnitude(target)
+            floor = self.front_end.log_floor
+            magnitude_l1 = (torch.log(magnitude.clamp_min(floor)) - torch.log(true.clamp_min(floor))).abs().mean()
+            loss = loss + self.magnitude_weight * magnitude_l1
+            out.update(magnitude_l1=magnitude_l1)
+        return {"loss": loss, **out}
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -231,6 +355,30 @@ def evaluate(vocoder: PQVAEVocoder, config: PQVAEConfig, rows: list[dict], corpu
 
 
 @torch.no_grad()
+def validate(vocoder: PQVAEVocoder, config: PQVAEConfig, clips: list[np.ndarray]) -> dict:
+    """Quick held-out check: mean mel L1 and PESQ-wb of the vocoder from ground-truth log-mel."""
+    try:
+        from pesq import pesq
+    except ImportError:
+        pesq = None
+    front_end = LogMelSpectrogram(config)
+    vocoder.eval()
+    mel, scores = [], []
+    for clip in clips:
+        audio = torch.from_numpy(clip)[None]
+        log_mel = front_end(audio)
+        wave = vocoder(log_mel)
+        mel.append(float((front_end(wave) - log_mel).abs().mean()))
+        if pesq is not None:
+            try:
+                scores.append(float(pesq(config.sampling_rate, audio[0, : wave.shape[-1]].double().numpy(),
+                                         wave[0].double().numpy(), "wb")))
+            except Exception:  # noqa: BLE001
+                pass
+    return {"mel_l1": _mean(mel), "pesq_wb": _mean(scores)}
+
+
+@torch.no_grad()
 def real_time_factor(vocoder: PQVAEVocoder, config: PQVAEConfig, seconds: float = 10.0, repeats: int = 3) -> float:
     """Compute time / audio time of the vocoder on one `seconds`-long input, at the current thread count."""
     frames = int(seconds * config.frame_rate) + 1
@@ -272,6 +420,25 @@ def parse_args(argv=None):
     parser.add_argument("--log_every", type=int, default=100)
     parser.add_argument("--save_every", type=int, default=1000)
     parser.add_argument("--skip_eval", action="store_true")
+    parser.add_argument("--init_from", default=None,
+                        help="safetensors state dict of a `PQVAEVocoder` to fine-tune from (default: random init)")
+    parser.add_argument("--complex_stft_weight", type=float, default=0.0,
+                        help="weight of the relative complex-STFT L1 at the synthesis resolution (phase-aware)")
+    parser.add_argument("--time_weight", type=float, default=0.0, help="weight of the relative waveform L1")
+    parser.add_argument("--phase_weight", type=float, default=0.0,
+                        help="weight of the magnitude-weighted instantaneous-frequency + group-delay phase errors")
+    parser.add_argument("--magnitude_weight", type=float, default=0.0,
+                        help="weight of the L1 between the predicted STFT log-magnitude (before the inverse STFT) and "
+                        "the target's, at the synthesis resolution")
+    parser.add_argument("--no_polarity_invariance", action="store_true",
+                        help="compare with +target only in the phase-aware terms (default: best of +/- target)")
+    parser.add_argument("--max_train_minutes", type=float, default=0.0,
+                        help="wall-clock cap on training (0 = none); the LR schedule follows whichever of steps / "
+                        "time runs out first, then the run saves and evaluates as usual")
+    parser.add_argument("--val_files", type=int, default=0,
+                        help="held-out train-split files (>= 1 s, excluded from training) scored every --val_every "
+                        "steps; the best by PESQ-wb is kept as vocoder.safetensors (0 = off: keep the last)")
+    parser.add_argument("--val_every", type=int, default=250)
     return parser.parse_args(argv)
 
 
@@ -285,6 +452,13 @@ def main(argv=None):
 
     rows = read_metadata(args.corpus_dir)
     train_rows = select_train_files(rows, args.train_minutes, args.seed)
+    val_rows = []
+    if args.val_files > 0:
+        # Taken from the end of the seeded shuffle (the files a time-limited selection reaches last), then excluded.
+        candidates = [r for r in select_train_files(rows, 0, args.seed) if float(r["duration_s"]) >= 1.0]
+        val_rows = candidates[-args.val_files:]
+        val_names = {r["file_name"] for r in val_rows}
+        train_rows = [r for r in train_rows if r["file_name"] not in val_names]
     segment_samples = max(1, round(args.segment_seconds * config.sampling_rate / config.hop_length)) * config.hop_length
     start = time.time()
     clips, failed = [], []
@@ -302,9 +476,15 @@ def main(argv=None):
 
     sampler = SegmentSampler(clips, segment_samples, np.random.default_rng(args.seed))
     vocoder = PQVAEVocoder(config)
+    if args.init_from:
+        vocoder.load_state_dict(load_file(args.init_from))
+        logger.info("initialised from %s", args.init_from)
     num_params = sum(p.numel() for p in vocoder.parameters())
     logger.info("vocoder parameters: %d", num_params)
-    criterion = VocoderLoss(config, mel_weight=args.mel_weight, stft_weight=args.stft_weight)
+    criterion = VocoderLoss(config, mel_weight=args.mel_weight, stft_weight=args.stft_weight,
+                            complex_stft_weight=args.complex_stft_weight, time_weight=args.time_weight,
+                            polarity_invariant=not args.no_polarity_invariance, phase_weight=args.phase_weight,
+                            magnitude_weight=args.magnitude_weight)
     # No weight decay on norms, biases and layer scales: shrinking them only fights the normalisation.
     decay = [p for n, p in vocoder.named_parameters() if p.dim() > 1]
     no_decay = [p for n, p in vocoder.named_parameters() if p.dim() <= 1]
@@ -316,20 +496,46 @@ def main(argv=None):
         if step < args.warmup_steps:
             return (step + 1) / args.warmup_steps
         progress = (step - args.warmup_steps) / max(1, args.max_steps - args.warmup_steps)
+        if args.max_train_minutes > 0 and step > 0:
+            progress = max(progress, (time.time() - train_start) / (args.max_train_minutes * 60))
         return args.min_lr_ratio + (1 - args.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
     weights_path = os.path.join(args.output_dir, "vocoder.safetensors")
+    last_path = os.path.join(args.output_dir, "vocoder_last.safetensors") if val_rows else weights_path
+    val_clips = [load_audio(os.path.join(args.corpus_dir, r["file_name"]), config.sampling_rate) for r in val_rows]
+    validation, best = [], None
+
+    def save(path):
+        save_file({k: v.contiguous() for k, v in vocoder.state_dict().items()}, path)
+
+    def run_validation(step):
+        nonlocal best
+        entry = {"step": step, **validate(vocoder, config, val_clips)}
+        validation.append(entry)
+        logger.info("validation %s", entry)
+        if best is None or (entry["pesq_wb"] or -1) > (best["pesq_wb"] or -1):
+            best = entry
+            save(weights_path)
+        vocoder.train()
+
     history, running = [], {}
     train_start = time.time()
+    if val_rows:
+        run_validation(0)
     vocoder.train()
+    steps_done = 0
     progress = tqdm(range(args.max_steps), desc="train", mininterval=30)
     for step in progress:
+        if args.max_train_minutes > 0 and time.time() - train_start > args.max_train_minutes * 60:
+            logger.info("wall-clock cap of %.1f min reached after %d steps", args.max_train_minutes, step)
+            break
+        steps_done = step + 1
         target = sampler.batch(args.batch_size)
         with torch.no_grad():
             log_mel = criterion.front_end(target)
-        prediction = vocoder(log_mel)
-        losses = criterion(prediction, log_mel, target)
+        prediction, magnitude, phase = synthesize(vocoder, log_mel)
+        losses = criterion(prediction, log_mel, target, phase, magnitude)
         optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(vocoder.parameters(), args.grad_clip)
@@ -345,19 +551,36 @@ def main(argv=None):
             history.append(entry)
             running = {}
             progress.set_postfix(loss=entry["loss"], mel=entry["mel_l1"])
-            logger.info("step %d | loss %.4f | mel_l1 %.4f | sc %.4f | log_stft %.4f | lr %.2e | %.2f s/step",
-                        entry["step"], entry["loss"], entry["mel_l1"], entry["spectral_convergence"],
-                        entry["log_stft_l1"], entry["lr"], entry["elapsed_s"] / entry["step"])
+            logger.info("step %d | loss %.4f | mel_l1 %.4f | sc %.4f | log_stft %.4f | complex %.4f | time %.4f | "
+                        "if %.3f | gd %.3f | mag %.3f | grad %.1f | lr %.2e | %.2f s/step", entry["step"], entry["loss"], entry["mel_l1"],
+                        entry["spectral_convergence"], entry["log_stft_l1"], entry.get("complex_stft_l1", float("nan")),
+                        entry.get("time_l1", float("nan")), entry.get("inst_freq_error", float("nan")),
+                        entry.get("group_delay_error", float("nan")), entry.get("magnitude_l1", float("nan")),
+                        entry["grad_norm"], entry["lr"],
+                        entry["elapsed_s"] / entry["step"])
         if (step + 1) % args.save_every == 0:
-            save_file({k: v.contiguous() for k, v in vocoder.state_dict().items()}, weights_path)
+            save(last_path)
+        if val_rows and (step + 1) % args.val_every == 0:
+            run_validation(step + 1)
+    if running:  # a wall-clock stop between log points
+        count = steps_done % args.log_every or args.log_every
+        entry = {"step": steps_done, "lr": scheduler.get_last_lr()[0], "elapsed_s": round(time.time() - train_start, 1)}
+        entry.update({k: round(v / count, 5) for k, v in running.items()})
+        history.append(entry)
     wall_time = time.time() - train_start
-    save_file({k: v.contiguous() for k, v in vocoder.state_dict().items()}, weights_path)
-    logger.info("trained %d steps in %.0f s; weights -> %s", args.max_steps, wall_time, weights_path)
+    save(last_path)
+    if val_rows and (not validation or validation[-1]["step"] != steps_done):
+        run_validation(steps_done)
+    if val_rows:
+        vocoder.load_state_dict(load_file(weights_path))
+        logger.info("best held-out PESQ at step %d: %s; evaluating those weights", best["step"], best)
+    logger.info("trained %d steps in %.0f s; weights -> %s", steps_done, wall_time, weights_path)
 
     metrics = {
-        "steps": args.max_steps,
+        "command": "python -m pqvae_hf.vocoder_training " + " ".join(sys.argv[1:] if argv is None else argv),
+        "steps": steps_done,
         "train_wall_time_s": round(wall_time, 1),
-        "seconds_per_step": round(wall_time / max(args.max_steps, 1), 4),
+        "seconds_per_step": round(wall_time / max(steps_done, 1), 4),
         "num_parameters": num_params,
         "num_threads": args.num_threads,
         "real_time_factor_10s_input": real_time_factor(vocoder, config),
@@ -375,6 +598,10 @@ def main(argv=None):
         "stft_loss_resolutions": [list(r) for r in STFT_RESOLUTIONS],
         "history": history,
     }
+    if val_rows:
+        metrics["validation"] = {"files": [r["file_name"] for r in val_rows], "history": validation, "best": best,
+                                 "kept": "vocoder.safetensors = best held-out PESQ-wb; vocoder_last.safetensors = "
+                                         "last step"}
     if not args.skip_eval:
         test_rows = select_test_files(rows, args.num_test_files)
         metrics["test"] = evaluate(vocoder, config, test_rows, args.corpus_dir)

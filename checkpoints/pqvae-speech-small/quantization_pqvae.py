@@ -1,0 +1,443 @@
+# Copyright 2026 The pqvae-hf authors. Apache-2.0.
+"""Product / single / residual vector quantizers, composite-id helpers and codebook statistics.
+
+Part of the Hub payload: imports only torch (and the standard library).
+
+Shapes: B batch, T frames, D latent dim (`codebook_dim`), M sub-codebooks (`num_codebooks`), N codewords per
+sub-codebook (`codebook_size`), d = D / M for product quantization.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+# --------------------------------------------------------------------------------------------------------------------
+# Composite ids: the M sub-codes of one frame as one integer of the N^M codebook.
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def codes_to_composite(audio_codes: torch.Tensor, codebook_size: int) -> torch.Tensor:
+    """Per-codebook codes (..., M, T) -> composite ids (..., T).
+
+    Mixed radix, little-endian: `id = sum_m codes[m] * N**m`, so sub-codebook 0 is the least significant digit.
+    Works on any integer tensor; the result is int64 (N^M must fit in int64).
+    """
+    num_codebooks = audio_codes.shape[-2]
+    if codebook_size**num_codebooks > 2**63 - 1:
+        raise ValueError(f"N^M = {codebook_size}^{num_codebooks} does not fit in int64.")
+    radix = codebook_size ** torch.arange(num_codebooks, device=audio_codes.device, dtype=torch.int64)
+    return (audio_codes.long() * radix[:, None]).sum(dim=-2)
+
+
+def composite_to_codes(composite_ids: torch.Tensor, codebook_size: int, num_codebooks: int) -> torch.Tensor:
+    """Composite ids (..., T) -> per-codebook codes (..., M, T); the exact inverse of `codes_to_composite`."""
+    radix = codebook_size ** torch.arange(num_codebooks, device=composite_ids.device, dtype=torch.int64)
+    return (composite_ids.long()[..., None, :] // radix[:, None]) % codebook_size
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Codebook statistics (usage and perplexity), accumulable over many batches.
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def perplexity_from_counts(counts: torch.Tensor) -> float:
+    """exp(entropy in nats) of the empirical distribution given by `counts` (0 entries ignored); 0 when empty."""
+    counts = counts.double()
+    total = counts.sum()
+    if total <= 0:
+        return 0.0
+    probs = counts[counts > 0] / total
+    return float(torch.exp(-(probs * probs.log()).sum()))
+
+
+class CodebookStatistics:
+    """Accumulates code counts over batches: per sub-codebook (dense, M x N) and composite ids (sparse).
+
+    >>> stats = CodebookStatistics(num_codebooks=2, codebook_size=256)
+    >>> stats.update(audio_codes, frame_mask)   # (B, M, T) and (B, T), any number of times
+    >>> stats.compute()["composite_perplexity"]
+
+    Composite counts are kept as sorted unique ids with counts, so memory grows with the number of distinct ids seen,
+    not with N^M.
+    """
+
+    def __init__(self, num_codebooks: int, codebook_size: int):
+        self.num_codebooks = num_codebooks
+        self.codebook_size = codebook_size
+        self.reset()
+
+    def reset(self) -> None:
+        self.sub_counts = torch.zeros(self.num_codebooks, self.codebook_size, dtype=torch.int64)
+        self.composite_ids = torch.zeros(0, dtype=torch.int64)
+        self.composite_counts = torch.zeros(0, dtype=torch.int64)
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.sub_counts[0].sum())
+
+    def update(self, audio_codes: torch.Tensor, frame_mask: torch.Tensor | None = None) -> None:
+        """Add codes of shape (B, M, T) (or (M, T)); `frame_mask` (B, T) selects the valid frames (1 = valid)."""
+        codes = audio_codes.detach().to("cpu", torch.int64)
+        if codes.dim() == 2:
+            codes = codes[None]
+        if codes.shape[1] != self.num_codebooks:
+            raise ValueError(f"Expected codes of shape (B, {self.num_codebooks}, T), got {tuple(codes.shape)}.")
+        flat = codes.transpose(1, 2).reshape(-1, self.num_codebooks)  # (B*T, M)
+        if frame_mask is not None:
+            flat = flat[frame_mask.detach().to("cpu").reshape(-1).bool()]
+        if flat.numel() and (flat.min() < 0 or flat.max() >= self.codebook_size):
+            raise ValueError(f"Codes must lie in [0, {self.codebook_size}).")
+        offsets = torch.arange(self.num_codebooks, dtype=torch.int64) * self.codebook_size
+        self.sub_counts += torch.bincount((flat + offsets).reshape(-1), minlength=self.sub_counts.numel()).view_as(
+            self.sub_counts
+        )
+        new_ids, new_counts = torch.unique(codes_to_composite(flat.T, self.codebook_size), return_counts=True)
+        all_ids = torch.cat([self.composite_ids, new_ids])
+        all_counts = torch.cat([self.composite_counts, new_counts])
+        self.composite_ids, inverse = torch.unique(all_ids, return_inverse=True)
+        self.composite_counts = torch.zeros_like(self.composite_ids).scatter_add_(0, inverse, all_counts)
+
+    def merge(self, other: "CodebookStatistics") -> "CodebookStatistics":
+        """Add the counts of `other` (e.g. gathered from another process) into this object."""
+        self.sub_counts += other.sub_counts
+        all_ids = torch.cat([self.composite_ids, other.composite_ids])
+        all_counts = torch.cat([self.composite_counts, other.composite_counts])
+        self.composite_ids, inverse = torch.unique(all_ids, return_inverse=True)
+        self.composite_counts = torch.zeros_like(self.composite_ids).scatter_add_(0, inverse, all_counts)
+        return self
+
+    def compute(self) -> dict[str, float | list[float] | int]:
+        """Usage (count, fraction) and perplexity per sub-codebook and for composite ids, over all updates so far."""
+        sub_usage = (self.sub_counts > 0).sum(dim=1)
+        sub_perplexity = [perplexity_from_counts(c) for c in self.sub_counts]
+        product = 1.0
+        for p in sub_perplexity:
+            product *= p
+        composite_size = self.codebook_size**self.num_codebooks
+        composite_usage = int((self.composite_counts > 0).sum())
+        return {
+            "num_frames": self.num_frames,
+            "codebook_usage": [int(u) for u in sub_usage],
+            "codebook_usage_fraction": [float(u) / self.codebook_size for u in sub_usage],
+            "codebook_perplexity": sub_perplexity,
+            "composite_usage": composite_usage,
+            "composite_usage_fraction": composite_usage / composite_size,
+            "composite_perplexity": perplexity_from_counts(self.composite_counts),
+            "product_of_codebook_perplexities": product,
+        }
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Quantizers
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class QuantizerOutput:
+    """quantized (B, T, D) with straight-through gradients; latents (B, T, D) the continuous encoder output as the
+    quantizer sees it (l2-normalised per chunk with cosine codebooks); codes (B, M, T) int64; losses are scalars over
+    valid frames."""
+
+    quantized: torch.Tensor
+    latents: torch.Tensor
+    codes: torch.Tensor
+    codebook_loss: torch.Tensor
+    commitment_loss: torch.Tensor
+
+
+def _masked_mse(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over frames where mask (B, T) is 1; prediction/target are (B, T, D)."""
+    weights = mask.to(prediction.dtype)[..., None]
+    denom = weights.sum().clamp_min(1.0) * prediction.shape[-1]
+    return (((prediction - target) ** 2) * weights).sum() / denom
+
+
+def _all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum over processes when running distributed, so EMA codebooks stay identical on every rank."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(tensor)
+    return tensor
+
+
+def _broadcast(tensor: torch.Tensor) -> torch.Tensor:
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.broadcast(tensor, src=0)
+    return tensor
+
+
+def kmeans(samples: torch.Tensor, num_clusters: int, num_iters: int, generator: torch.Generator | None = None):
+    """Batched Lloyd k-means. samples (G, n, d) -> centroids (G, num_clusters, d).
+
+    With fewer samples than clusters, samples are drawn with replacement (the duplicates then act as restarts later).
+    """
+    groups, num_samples, _ = samples.shape
+    if num_samples >= num_clusters:
+        index = torch.stack([torch.randperm(num_samples, generator=generator)[:num_clusters] for _ in range(groups)])
+    else:
+        index = torch.randint(num_samples, (groups, num_clusters), generator=generator)
+    index = index.to(samples.device)
+    centroids = torch.gather(samples, 1, index[..., None].expand(-1, -1, samples.shape[-1])).clone()
+    for _ in range(num_iters):
+        assign = torch.cdist(samples, centroids).argmin(dim=-1)  # (G, n)
+        sums = torch.zeros_like(centroids).scatter_add_(1, assign[..., None].expand_as(samples), samples)
+        counts = torch.zeros(groups, num_clusters, device=samples.device, dtype=samples.dtype)
+        counts.scatter_add_(1, assign, torch.ones_like(assign, dtype=samples.dtype))
+        centroids = torch.where(counts[..., None] > 0, sums / counts.clamp_min(1)[..., None], centroids)
+    return centroids
+
+
+class VectorQuantizerGroup(nn.Module):
+    """G independent codebooks of N codewords of dim d, searched in parallel.
+
+    This is the engine of product quantization (G = M sub-spaces of one frame) and of each residual stage (G = 1).
+    Training tricks are named flags: EMA updates, k-means init, dead-code restarts, cosine (l2-normalised) search.
+
+    Buffers: `codebook` is a Parameter (trained by gradient unless `use_ema`), `ema_cluster_size` / `ema_embed_sum`
+    hold EMA statistics, `usage_ema` the moving-average assignment counts for dead-code restarts, `initialized`
+    whether k-means init has run, `steps` the number of training forwards seen.
+    """
+
+    def __init__(
+        self,
+        num_groups: int,
+        codebook_size: int,
+        dim: int,
+        *,
+        use_ema: bool = True,
+        ema_decay: float = 0.99,
+        kmeans_init: bool = True,
+        kmeans_iters: int = 10,
+        dead_code_threshold: float = 1.0,
+        dead_code_restart_interval: int = 50,
+        usage_decay: float = 0.99,
+        use_cosine: bool = False,
+    ):
+        super().__init__()
+        self.num_groups = num_groups
+        self.codebook_size = codebook_size
+        self.dim = dim
+        self.use_ema = use_ema
+        self.ema_decay = ema_decay
+        self.kmeans_init = kmeans_init
+        self.kmeans_iters = kmeans_iters
+        self.dead_code_threshold = dead_code_threshold
+        self.dead_code_restart_interval = dead_code_restart_interval
+        self.usage_decay = usage_decay
+        self.use_cosine = use_cosine
+        # Set by `PQVAEModel.freeze_codebooks()` (fine-tuning): no k-means, EMA or restarts, no gradient.
+        self.frozen = False
+
+        self.codebook = nn.Parameter(torch.empty(num_groups, codebook_size, dim), requires_grad=not use_ema)
+        self.register_buffer("ema_cluster_size", torch.zeros(num_groups, codebook_size))
+        self.register_buffer("ema_embed_sum", torch.zeros(num_groups, codebook_size, dim))
+        self.register_buffer("usage_ema", torch.zeros(num_groups, codebook_size))
+        self.register_buffer("initialized", torch.tensor(not kmeans_init))
+        self.register_buffer("steps", torch.tensor(0, dtype=torch.int64))
+
+    def reset_codebook(self) -> None:
+        """Default init: uniform(-1/N, 1/N) as in the original VQ-VAE (k-means init replaces it on the first batch)."""
+        with torch.no_grad():
+            self.codebook.uniform_(-1.0 / self.codebook_size, 1.0 / self.codebook_size)
+            self.ema_embed_sum.copy_(self.codebook)
+            self.ema_cluster_size.fill_(1.0)
+            self.usage_ema.fill_(self.dead_code_threshold)
+            self.initialized.fill_(not self.kmeans_init)
+            self.steps.zero_()
+
+    def _normalized(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(x, dim=-1) if self.use_cosine else x
+
+    def search(self, latents: torch.Tensor) -> torch.Tensor:
+        """Nearest codeword per group. latents (n, G, d) -> codes (n, G) int64, by squared L2 (or cosine)."""
+        x = self._normalized(latents).transpose(0, 1)  # (G, n, d)
+        codebook = self._normalized(self.codebook)
+        # argmin ||x - c||^2 = argmin (||c||^2 - 2 x.c): ||x||^2 is constant per row and skipped.
+        scores = torch.baddbmm(
+            (codebook**2).sum(-1)[:, None, :], x, codebook.transpose(1, 2), beta=1.0, alpha=-2.0
+        )  # (G, n, N)
+        return scores.argmin(dim=-1).transpose(0, 1)
+
+    def lookup(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes (n, G) -> codewords (n, G, d)."""
+        codebook = self._normalized(self.codebook)
+        group_index = torch.arange(self.num_groups, device=codes.device)
+        return codebook[group_index, codes]
+
+    @torch.no_grad()
+    def _initialize(self, valid_latents: torch.Tensor) -> None:
+        samples = self._normalized(valid_latents).transpose(0, 1).float()  # (G, n, d)
+        # Ranks hold different frames: each runs k-means on its own, rank 0's centroids win everywhere.
+        centroids = _broadcast(kmeans(samples, self.codebook_size, self.kmeans_iters).contiguous())
+        self.codebook.data.copy_(centroids)
+        self.ema_embed_sum.copy_(centroids)
+        self.ema_cluster_size.fill_(1.0)
+        self.usage_ema.fill_(max(self.dead_code_threshold, 1.0))
+        self.initialized.fill_(True)
+
+    @torch.no_grad()
+    def _update_statistics(self, valid_latents: torch.Tensor, codes: torch.Tensor) -> None:
+        """EMA codebook update and usage tracking from the valid frames of this batch (summed over processes)."""
+        one_hot = F.one_hot(codes, self.codebook_size).to(valid_latents.dtype)  # (n, G, N)
+        counts = _all_reduce_sum(one_hot.sum(0))  # (G, N)
+        self.usage_ema.mul_(self.usage_decay).add_(counts, alpha=1 - self.usage_decay)
+        if self.use_ema:
+            sums = _all_reduce_sum(torch.einsum("ngk,ngd->gkd", one_hot, self._normalized(valid_latents)))
+            self.ema_cluster_size.mul_(self.ema_decay).add_(counts, alpha=1 - self.ema_decay)
+            self.ema_embed_sum.mul_(self.ema_decay).add_(sums, alpha=1 - self.ema_decay)
+            # Laplace smoothing keeps rarely used codewords from dividing by ~0.
+            total = self.ema_cluster_size.sum(-1, keepdim=True)
+            smoothed = (self.ema_cluster_size + 1e-5) / (total + self.codebook_size * 1e-5) * total
+            self.codebook.data.copy_(self.ema_embed_sum / smoothed[..., None])
+
+    @torch.no_grad()
+    def _restart_dead_codes(self, valid_latents: torch.Tensor) -> None:
+        """Re-seed codewords whose moving-average usage fell below the threshold with random encoder outputs."""
+        dead = self.usage_ema < self.dead_code_threshold  # (G, N)
+        if not bool(dead.any()) or valid_latents.shape[0] == 0:
+            return
+        samples = self._normalized(valid_latents)  # (n, G, d)
+        pick = torch.randint(samples.shape[0], (self.num_groups, self.codebook_size), device=samples.device)
+        replacement = samples[pick, torch.arange(self.num_groups, device=samples.device)[:, None]]  # (G, N, d)
+        replacement = _broadcast(replacement.contiguous())
+        dead = _broadcast(dead.contiguous())
+        self.codebook.data.copy_(torch.where(dead[..., None], replacement, self.codebook.data))
+        self.ema_embed_sum.copy_(torch.where(dead[..., None], replacement, self.ema_embed_sum))
+        self.ema_cluster_size.copy_(torch.where(dead, torch.ones_like(self.ema_cluster_size), self.ema_cluster_size))
+        # A fresh codeword gets one threshold of credit so it is not restarted again before it can win frames.
+        self.usage_ema.copy_(torch.where(dead, torch.full_like(self.usage_ema, max(self.dead_code_threshold, 1.0)),
+                                         self.usage_ema))
+
+    def forward(self, latents: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """latents (B, T, G, d), mask (B, T) -> (codewords (B, T, G, d) without straight-through, codes (B, T, G)).
+
+        In training mode this also runs k-means init (first batch), EMA updates and dead-code restarts, all from
+        valid frames only.
+        """
+        batch, frames = latents.shape[:2]
+        flat = latents.reshape(batch * frames, self.num_groups, self.dim)
+        valid = flat[mask.reshape(-1).bool()].detach().float()
+        updating = self.training and not self.frozen
+        if updating and not bool(self.initialized) and valid.shape[0] > 0:
+            self._initialize(valid)
+        codes = self.search(flat.detach())
+        if updating:
+            valid_codes = codes[mask.reshape(-1).bool()]
+            self._update_statistics(valid, valid_codes)
+            self.steps += 1
+            if self.dead_code_threshold > 0 and int(self.steps) % self.dead_code_restart_interval == 0:
+                self._restart_dead_codes(valid)
+                codes = self.search(flat.detach())
+        codewords = self.lookup(codes)
+        return codewords.view(batch, frames, self.num_groups, self.dim), codes.view(batch, frames, self.num_groups)
+
+
+class ProductQuantizer(nn.Module):
+    """Splits a latent (B, T, D) into M chunks of d = D / M and quantizes each with its own N-word codebook.
+
+    M = 1 is plain single-codebook VQ. Straight-through estimator; codebook loss (skipped with EMA updates) and
+    commitment loss are mean squared errors over valid frames.
+    """
+
+    def __init__(self, num_codebooks: int, codebook_size: int, codebook_dim: int, **flags):
+        super().__init__()
+        if codebook_dim % num_codebooks:
+            raise ValueError(f"codebook_dim={codebook_dim} must be divisible by num_codebooks={num_codebooks}.")
+        self.num_codebooks = num_codebooks
+        self.codebook_size = codebook_size
+        self.codebook_dim = codebook_dim
+        self.codebooks = VectorQuantizerGroup(num_codebooks, codebook_size, codebook_dim // num_codebooks, **flags)
+
+    def forward(self, latents: torch.Tensor, mask: torch.Tensor) -> QuantizerOutput:
+        """latents (B, T, D), mask (B, T) -> QuantizerOutput with quantized (B, T, D) and codes (B, M, T)."""
+        batch, frames, _ = latents.shape
+        chunks = latents.view(batch, frames, self.num_codebooks, -1)
+        codewords, codes = self.codebooks(chunks, mask)
+        target = self.codebooks._normalized(chunks).reshape(batch, frames, -1)
+        codewords = codewords.reshape(batch, frames, -1)
+        return _straight_through(target, codewords, codes.transpose(1, 2), mask, self.codebooks.use_ema)
+
+    def encode(self, latents: torch.Tensor) -> torch.Tensor:
+        """latents (B, T, D) -> codes (B, M, T), no training side effects."""
+        batch, frames, _ = latents.shape
+        codes = self.codebooks.search(latents.reshape(batch * frames, self.num_codebooks, -1))
+        return codes.view(batch, frames, self.num_codebooks).transpose(1, 2)
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes (B, M, T) -> quantized latents (B, T, D)."""
+        batch, _, frames = codes.shape
+        codewords = self.codebooks.lookup(codes.transpose(1, 2).reshape(batch * frames, self.num_codebooks))
+        return codewords.reshape(batch, frames, self.codebook_dim)
+
+
+class ResidualQuantizer(nn.Module):
+    """Residual VQ baseline: M stages, each quantizing the residual of the previous ones with N full-dim codewords."""
+
+    def __init__(self, num_codebooks: int, codebook_size: int, codebook_dim: int, **flags):
+        super().__init__()
+        self.num_codebooks = num_codebooks
+        self.codebook_size = codebook_size
+        self.codebook_dim = codebook_dim
+        if flags.get("use_cosine"):
+            raise ValueError("use_cosine_codebook is not defined for residual VQ (residuals are not unit vectors).")
+        self.stages = nn.ModuleList(
+            VectorQuantizerGroup(1, codebook_size, codebook_dim, **flags) for _ in range(num_codebooks)
+        )
+
+    def forward(self, latents: torch.Tensor, mask: torch.Tensor) -> QuantizerOutput:
+        batch, frames, dim = latents.shape
+        residual = latents
+        total = torch.zeros_like(latents)
+        all_codes = []
+        for stage in self.stages:
+            codewords, codes = stage(residual.view(batch, frames, 1, dim), mask)
+            codewords = codewords.view(batch, frames, dim)
+            total = total + codewords
+            residual = residual - codewords.detach()
+            all_codes.append(codes.view(batch, frames))
+        codes = torch.stack(all_codes, dim=1)
+        return _straight_through(latents, total, codes, mask, self.stages[0].use_ema)
+
+    def encode(self, latents: torch.Tensor) -> torch.Tensor:
+        batch, frames, dim = latents.shape
+        residual = latents.reshape(batch * frames, 1, dim)
+        all_codes = []
+        for stage in self.stages:
+            codes = stage.search(residual)
+            residual = residual - stage.lookup(codes)
+            all_codes.append(codes.view(batch, frames))
+        return torch.stack(all_codes, dim=1)
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        batch, _, frames = codes.shape
+        total = 0
+        for index, stage in enumerate(self.stages):
+            total = total + stage.lookup(codes[:, index].reshape(-1, 1))
+        return total.view(batch, frames, self.codebook_dim)
+
+
+def _straight_through(target, codewords, codes, mask, use_ema) -> QuantizerOutput:
+    commitment_loss = _masked_mse(target, codewords.detach(), mask)
+    if use_ema:
+        codebook_loss = torch.zeros((), device=target.device, dtype=target.dtype)
+    else:
+        codebook_loss = _masked_mse(codewords, target.detach(), mask)
+    quantized = target + (codewords - target).detach()
+    return QuantizerOutput(quantized=quantized, latents=target, codes=codes, codebook_loss=codebook_loss,
+                           commitment_loss=commitment_loss)
+
+
+__all__ = [
+    "CodebookStatistics",
+    "ProductQuantizer",
+    "ResidualQuantizer",
+    "VectorQuantizerGroup",
+    "codes_to_composite",
+    "composite_to_codes",
+    "kmeans",
+    "perplexity_from_counts",
+]
