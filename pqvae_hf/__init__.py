@@ -45,18 +45,6 @@ PQVAEModel.register_for_auto_class("AutoModel")
 PQVAEFeatureExtractor.register_for_auto_class("AutoFeatureExtractor")
 PQVAEProcessor.register_for_auto_class("AutoProcessor")
 
-__all__ = [
-    "CodebookStatistics",
-    "PQVAEConfig",
-    "PQVAEDecoderOutput",
-    "PQVAEEncoderOutput",
-    "PQVAEFeatureExtractor",
-    "PQVAEModel",
-    "PQVAEOutput",
-    "PQVAEPreTrainedModel",
-    "PQVAEProcessor",
-    "codes_to_composite",
-    "composite_to_codes",
-    "shard_for_this_process",
-    "tokenize_dataset",
-]
+from .modeling import __all__ as _modeling_all  # noqa: E402
+
+__all__ = [*_modeling_all, "shard_for_this_process", "tokenize_dataset"]

@@ -35,6 +35,15 @@ def test_folder_is_small_complete_and_configured(model):
     assert config.composite_codebook_size == 65536 and config.dual_decoding_weight > 0
 
 
+def test_shipped_code_is_the_current_model_code():
+    """The folder carries a copy of modeling/ for trust_remote_code; it must not drift from the package."""
+    modeling = Path(__file__).resolve().parent.parent / "modeling"
+    copies = sorted(SHIPPED.glob("*.py"))
+    assert {p.name for p in copies} == {p.name for p in modeling.glob("*_pqvae.py")}
+    for copy in copies:
+        assert copy.read_text() == (modeling / copy.name).read_text(), f"re-save the checkpoint: {copy.name} is stale"
+
+
 def test_loads_with_remote_code_in_a_clean_process(model, tmp_path):
     audio = load_audio(str(DEMO_CLIP), 16000)[: 3 * 16000]
     remote = load_in_clean_process(SHIPPED, audio[None], tmp_path)
