@@ -31,6 +31,9 @@ PLAIN = dict(use_ema=False, kmeans_init=False, dead_code_threshold=0.0)
 NO_DD = dict(dual_decoding_weight=0.0)
 
 
+CORE = {"VQ-2^16 plain", "PQ-2x256 plain", "PQ-2x256+DD plain", "PQ-2x256+DD", "PQ-2x256", "VQ-2^16"}
+
+
 def variants(quick: bool) -> list[dict]:
     """(name, method, config overrides). Remedies are the config defaults (EMA, k-means init, dead-code restart)."""
     grid = [
@@ -130,6 +133,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--learning_rate", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max_eval_clips", type=int, default=None)
+    parser.add_argument("--variants", nargs="*", default=None, help="run only these variant names")
     parser.add_argument("--output_dir", default=os.path.join(HERE, "results", "index_collapse"))
     args = parser.parse_args(argv)
     if args.steps is None:
@@ -151,7 +155,11 @@ def main(argv: list[str] | None = None) -> dict:
 
     results, histograms = [], {}
     start = time.time()
-    for name, method, overrides in variants(args.quick):
+    selected = [v for v in variants(args.quick or bool(args.variants and set(args.variants) <= CORE))
+                if args.variants is None or v[0] in args.variants]
+    if args.variants and len(selected) != len(set(args.variants)):
+        raise SystemExit(f"Unknown variant names; known: {[v[0] for v in variants(False)]}")
+    for name, method, overrides in selected:
         print(f"[index-collapse] {name}", file=sys.stderr, flush=True)
         model, train_seconds = train_variant(overrides, args, train, os.path.join(args.output_dir, "runs", "tmp"))
         row = {"name": name, "method": method, "overrides": overrides, "train_seconds": round(train_seconds, 1),

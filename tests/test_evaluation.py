@@ -1,6 +1,5 @@
 import json
 
-import pytest
 import torch
 from conftest import tiny_config, warm_up
 
