@@ -22,6 +22,7 @@ import torch
 
 from . import PQVAEModel
 from .data import AudioDecodeNotes, decode_audio, pad_batch
+from .modeling.quantization_pqvae import codes_to_composite
 from .inference import encode_long
 
 logger = logging.getLogger(__name__)
@@ -119,14 +120,13 @@ class DatasetTokenizer:
             batch_codes = out.audio_codes.cpu()
             for row, i in enumerate(short):
                 codes[i] = batch_codes[row, :, : audios[i].shape[0] // hop + 1]
-        radix = config.codebook_size ** np.arange(config.num_codebooks, dtype=np.int64)
         result = {"audio_codes": [], "composite_ids": [], "num_frames": [], "duration_s": []}
         if self.lm_token_offset is not None:
             result["lm_tokens"] = []
         composite_size = config.composite_codebook_size
         for audio, example_codes in zip(audios, codes):
             array = example_codes.numpy().astype(np.int64)
-            composite = (array * radix[:, None]).sum(axis=0)
+            composite = codes_to_composite(example_codes, config.codebook_size).numpy()
             result["audio_codes"].append(array.tolist())
             result["composite_ids"].append(composite.tolist())
             result["num_frames"].append(int(array.shape[1]))

@@ -20,6 +20,16 @@ def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+def gather_statistics(stats: CodebookStatistics) -> CodebookStatistics:
+    """The statistics of all ranks together: sub-codebook counts summed, composite counts merged."""
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, stats)
+    merged = CodebookStatistics(stats.num_codebooks, stats.codebook_size)
+    for rank_stats in gathered:
+        merged.merge(rank_stats)
+    return merged
+
+
 def codebook_metrics(stats: CodebookStatistics, prefix: str) -> dict[str, float]:
     """Flattens CodebookStatistics.compute() into scalar log entries."""
     result = stats.compute()
@@ -48,11 +58,8 @@ class CodebookUsageTracker:
         self.stats.update(audio_codes, frame_mask)
 
     def pop_metrics(self) -> dict[str, float]:
-        if _distributed():
-            counts = self.stats.sub_counts.clone()
-            dist.all_reduce(counts)
-            self.stats.sub_counts = counts
-        metrics = codebook_metrics(self.stats, "train_") if self.stats.num_frames else {}
+        stats = gather_statistics(self.stats) if _distributed() else self.stats
+        metrics = codebook_metrics(stats, "train_") if stats.num_frames else {}
         self.stats.reset()
         return metrics
 
@@ -139,18 +146,7 @@ class PQVAETrainer(Trainer):
             stats.update(out.audio_codes, out.frame_mask)
         if _distributed():
             dist.all_reduce(totals)
-            counts = stats.sub_counts.clone()
-            dist.all_reduce(counts)
-            gathered = [None] * dist.get_world_size()
-            dist.all_gather_object(gathered, (stats.composite_ids, stats.composite_counts))
-            merged = CodebookStatistics(config.num_codebooks, config.codebook_size)
-            merged.sub_counts = counts
-            for ids, composite_counts in gathered:
-                other = CodebookStatistics(config.num_codebooks, config.codebook_size)
-                other.composite_ids, other.composite_counts = ids, composite_counts
-                merged.merge(other)
-            merged.sub_counts = counts
-            stats = merged
+            stats = gather_statistics(stats)
         frames = max(float(totals[0]), 1.0)
         prefix = f"{metric_key_prefix}_"
         metrics = {
