@@ -11,6 +11,7 @@ from transformers import PreTrainedConfig
 
 QUANTIZER_TYPES = ("pq", "vq", "rvq")
 VOCODERS = ("neural", "griffin_lim", "none")
+SUBSPACE_ROTATIONS = ("none", "opq")
 
 
 @strict
@@ -58,6 +59,18 @@ class PQVAEConfig(PreTrainedConfig):
             batch) drops below this is re-seeded from a random encoder output of the current batch; 0 disables it.
         dead_code_restart_interval (`int`, defaults to 50): training steps between dead-code restarts.
         usage_decay (`float`, defaults to 0.99): decay of the moving-average usage counts.
+        entropy_loss_weight (`float`, defaults to 0.0): weight of a code-balancing loss on soft assignments
+            (softmax of minus squared distances over each codebook): per-frame entropy minus the entropy of the
+            batch-averaged assignment, divided by log N. It pushes the encoder to spread frames over all codewords
+            (higher perplexity); 0 turns it off.
+        entropy_temperature (`float`, defaults to 1.0): softmax temperature of that loss, relative to the batch's
+            mean squared distance to the nearest codeword (so it does not depend on the latent scale).
+        subspace_rotation (`str`, defaults to `"none"`): `"opq"` learns an orthogonal rotation R applied to the
+            latent before the product split, as in optimised product quantisation: R starts from a PCA whose
+            eigen-directions are dealt out so every sub-space gets equal variance and decorrelated coordinates, then
+            is refined every `rotation_update_interval` steps by orthogonal Procrustes towards the codewords. The
+            decoder works in the rotated space, so encode/decode need nothing extra. PQ only.
+        rotation_update_interval (`int`, defaults to 50): training steps between Procrustes updates of R.
 
     Losses:
         mel_l1_weight / mel_l2_weight (`float`, defaults to 1.0 / 0.0): reconstruction loss on log-mel, on valid
@@ -106,6 +119,10 @@ class PQVAEConfig(PreTrainedConfig):
     dead_code_threshold: float = 1.0
     dead_code_restart_interval: int = 50
     usage_decay: float = 0.99
+    entropy_loss_weight: float = 0.0
+    entropy_temperature: float = 1.0
+    subspace_rotation: str = "none"
+    rotation_update_interval: int = 50
 
     mel_l1_weight: float = 1.0
     mel_l2_weight: float = 0.0
@@ -138,6 +155,7 @@ class PQVAEConfig(PreTrainedConfig):
             "codebook_dim": self.codebook_dim,
             "kmeans_iters": self.kmeans_iters,
             "dead_code_restart_interval": self.dead_code_restart_interval,
+            "rotation_update_interval": self.rotation_update_interval,
             "griffin_lim_iters": self.griffin_lim_iters,
             "vocoder_hidden_size": self.vocoder_hidden_size,
             "vocoder_intermediate_size": self.vocoder_intermediate_size,
@@ -186,7 +204,7 @@ class PQVAEConfig(PreTrainedConfig):
                 " equal chunks: codebook_dim must be divisible by num_codebooks."
             )
         for name in ("commitment_weight", "codebook_loss_weight", "dual_decoding_weight", "mel_l1_weight",
-                     "mel_l2_weight", "dead_code_threshold"):
+                     "mel_l2_weight", "dead_code_threshold", "entropy_loss_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"`{name}` must be >= 0, got {getattr(self, name)}.")
         if self.mel_l1_weight == 0 and self.mel_l2_weight == 0:
@@ -194,6 +212,17 @@ class PQVAEConfig(PreTrainedConfig):
         for name in ("ema_decay", "usage_decay"):
             if not 0 < getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be in (0, 1), got {getattr(self, name)}.")
+        if self.entropy_temperature <= 0:
+            raise ValueError(f"`entropy_temperature` must be > 0, got {self.entropy_temperature}.")
+        if self.subspace_rotation not in SUBSPACE_ROTATIONS:
+            raise ValueError(
+                f"`subspace_rotation` must be one of {SUBSPACE_ROTATIONS}, got {self.subspace_rotation!r}."
+            )
+        if self.subspace_rotation != "none" and self.quantizer_type != "pq":
+            raise ValueError(
+                f"subspace_rotation={self.subspace_rotation!r} rotates the latent before the product split; it needs"
+                f" quantizer_type='pq' (got {self.quantizer_type!r}). Set subspace_rotation='none'."
+            )
         if self.vocoder not in VOCODERS:
             raise ValueError(f"`vocoder` must be one of {VOCODERS}, got {self.vocoder!r}.")
 

@@ -68,11 +68,14 @@ class PQVAEDecoderOutput(ModelOutput):
 class PQVAEOutput(ModelOutput):
     r"""
     loss (`torch.FloatTensor`): reconstruction_loss + dual_decoding_weight * dual_reconstruction_loss +
-        codebook_loss_weight * codebook_loss + commitment_weight * commitment_loss.
+        codebook_loss_weight * codebook_loss + commitment_weight * commitment_loss +
+        entropy_loss_weight * entropy_loss.
     reconstruction_loss (`torch.FloatTensor`): log-mel loss of the decoder fed the quantized latents z_q.
     dual_reconstruction_loss (`torch.FloatTensor`): log-mel loss of the decoder fed the continuous latents z_e
         (dual decoding); 0 when `dual_decoding_weight == 0`.
     codebook_loss / commitment_loss (`torch.FloatTensor`): VQ losses (codebook loss is 0 with EMA updates).
+    entropy_loss (`torch.FloatTensor`): code-balancing loss on soft assignments; 0 unless training with
+        `entropy_loss_weight > 0`.
     audio_codes (`torch.LongTensor` of shape `(batch_size, num_codebooks, num_frames)`).
     frame_mask (`torch.LongTensor` of shape `(batch_size, num_frames)`).
     mel (`torch.FloatTensor` of shape `(batch_size, num_mel_bins, num_frames)`): reconstruction from z_q.
@@ -88,6 +91,7 @@ class PQVAEOutput(ModelOutput):
     dual_reconstruction_loss: torch.FloatTensor | None = None
     codebook_loss: torch.FloatTensor | None = None
     commitment_loss: torch.FloatTensor | None = None
+    entropy_loss: torch.FloatTensor | None = None
     audio_codes: torch.LongTensor | None = None
     frame_mask: torch.LongTensor | None = None
     mel: torch.FloatTensor | None = None
@@ -259,6 +263,11 @@ class PQVAEPreTrainedModel(PreTrainedAudioTokenizerBase):
             init.constant_(module.usage_ema, max(module.dead_code_threshold, 1.0))
             init.copy_(module.initialized, torch.tensor(not module.kmeans_init))
             init.zeros_(module.steps)
+        elif isinstance(module, ProductQuantizer) and module.subspace_rotation == "opq":
+            init.copy_(module.rotation, torch.eye(module.codebook_dim))
+            init.copy_(module.rotation_initialized, torch.tensor(False))
+            init.zeros_(module.ema_cross_covariance)
+            init.zeros_(module.rotation_steps)
 
 
 class PQVAEModel(PQVAEPreTrainedModel):
@@ -278,8 +287,11 @@ class PQVAEModel(PQVAEPreTrainedModel):
             use_ema=config.use_ema, ema_decay=config.ema_decay, kmeans_init=config.kmeans_init,
             kmeans_iters=config.kmeans_iters, dead_code_threshold=config.dead_code_threshold,
             dead_code_restart_interval=config.dead_code_restart_interval, usage_decay=config.usage_decay,
-            use_cosine=config.use_cosine_codebook,
+            use_cosine=config.use_cosine_codebook, entropy_temperature=config.entropy_temperature,
         )
+        if config.quantizer_type != "rvq":
+            quantizer_flags.update(subspace_rotation=config.subspace_rotation,
+                                   rotation_update_interval=config.rotation_update_interval)
         quantizer_class = ResidualQuantizer if config.quantizer_type == "rvq" else ProductQuantizer
         self.quantizer = quantizer_class(
             config.num_codebooks, config.codebook_size, config.codebook_dim, **quantizer_flags
@@ -477,7 +489,9 @@ class PQVAEModel(PQVAEPreTrainedModel):
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         waveform, frame_mask = self._prepare_audio(input_values, padding_mask)
         target_mel, latents = self._encode_latents(waveform, frame_mask)
-        quantized = self.quantizer(latents, frame_mask)
+        with_entropy_loss = self.training and self.config.entropy_loss_weight > 0
+        quantized = self.quantizer(latents, frame_mask, with_entropy_loss=with_entropy_loss)
+        entropy_loss = quantized.entropy_loss if with_entropy_loss else torch.zeros((), device=latents.device)
 
         dual = self.config.dual_decoding_weight > 0
         # One decoder pass over [z_q; z_e] is cheaper than two passes.
@@ -495,6 +509,7 @@ class PQVAEModel(PQVAEPreTrainedModel):
             + self.config.dual_decoding_weight * dual_reconstruction_loss
             + self.config.codebook_loss_weight * quantized.codebook_loss
             + self.config.commitment_weight * quantized.commitment_loss
+            + self.config.entropy_loss_weight * entropy_loss
         )
         usage, perplexity = self._batch_code_statistics(quantized.codes, frame_mask)
         output = PQVAEOutput(
@@ -503,6 +518,7 @@ class PQVAEModel(PQVAEPreTrainedModel):
             dual_reconstruction_loss=dual_reconstruction_loss.detach(),
             codebook_loss=quantized.codebook_loss.detach(),
             commitment_loss=quantized.commitment_loss.detach(),
+            entropy_loss=entropy_loss.detach(),
             audio_codes=quantized.codes,
             frame_mask=frame_mask,
             mel=mel,

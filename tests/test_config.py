@@ -35,6 +35,11 @@ def test_defaults_and_derived_properties():
         (dict(mel_l1_weight=0.0, mel_l2_weight=0.0), "mel_l1_weight"),
         (dict(vocoder="wavenet"), "vocoder"),
         (dict(num_codebooks=0), "num_codebooks"),
+        (dict(entropy_loss_weight=-0.1), "entropy_loss_weight"),
+        (dict(entropy_temperature=0.0), "entropy_temperature"),
+        (dict(subspace_rotation="pca"), "subspace_rotation"),
+        (dict(subspace_rotation="opq", quantizer_type="rvq"), "quantizer_type='pq'"),
+        (dict(rotation_update_interval=0), "rotation_update_interval"),
     ],
 )
 def test_invalid_configs_raise_clear_value_errors(kwargs, message):

@@ -115,7 +115,9 @@ def test_dual_decoding_changes_the_gradient_and_vanishes_at_weight_zero():
 
 @pytest.mark.parametrize("quantizer", [dict(quantizer_type="vq", num_codebooks=1, codebook_size=64),
                                        dict(quantizer_type="rvq", num_codebooks=3, codebook_size=8),
-                                       dict(use_cosine_codebook=True), dict(use_ema=False, kmeans_init=False)])
+                                       dict(use_cosine_codebook=True), dict(use_ema=False, kmeans_init=False),
+                                       dict(entropy_loss_weight=0.2, subspace_rotation="opq"),
+                                       dict(quantizer_type="rvq", num_codebooks=2, entropy_loss_weight=0.2)])
 def test_quantizer_variants_train_and_round_trip(quantizer):
     torch.manual_seed(0)
     model = warm_up(PQVAEModel(tiny_config(**quantizer)))
@@ -126,6 +128,34 @@ def test_quantizer_variants_train_and_round_trip(quantizer):
     codes = model.encode(**batch).audio_codes
     assert codes.shape[1] == model.config.num_codebooks
     assert model.decode(codes, return_waveform=False).mel.shape[-1] == codes.shape[-1]
+
+
+def test_entropy_loss_enters_the_total_loss_with_its_weight_and_only_in_training():
+    torch.manual_seed(0)
+    base = warm_up(PQVAEModel(tiny_config()))
+    _, batch = _features(base, [0.5, 0.4])
+    model = PQVAEModel(tiny_config(entropy_loss_weight=0.5))
+    model.load_state_dict(base.state_dict())
+    model.quantizer.codebooks.frozen = True  # same codebooks for both passes
+    out = model.train()(**batch)
+    assert -1.0 <= float(out.entropy_loss) <= 1.0 and float(out.entropy_loss) != 0.0
+    parts = out.reconstruction_loss + out.dual_reconstruction_loss + 0.25 * out.commitment_loss
+    assert torch.allclose(out.loss.detach(), parts + 0.5 * out.entropy_loss, atol=1e-5)
+    base.quantizer.codebooks.frozen = True
+    assert float(base.train()(**batch).entropy_loss) == 0.0  # weight 0: not computed
+    assert float(model.eval()(**batch).entropy_loss) == 0.0  # evaluation: not computed
+
+
+def test_opq_rotation_survives_save_and_load(tmp_path):
+    torch.manual_seed(0)
+    model = warm_up(PQVAEModel(tiny_config(subspace_rotation="opq", rotation_update_interval=1)))
+    assert bool(model.quantizer.rotation_initialized)
+    assert not torch.allclose(model.quantizer.rotation, torch.eye(model.config.codebook_dim))
+    _, batch = _features(model, [0.4, 0.25])
+    model.save_pretrained(tmp_path)
+    loaded = AutoModel.from_pretrained(tmp_path).eval()
+    assert torch.equal(loaded.quantizer.rotation, model.quantizer.rotation)
+    assert torch.equal(loaded.encode(**batch).audio_codes, model.encode(**batch).audio_codes)
 
 
 def test_save_and_load_give_identical_outputs(tmp_path, tiny_model):

@@ -9,7 +9,8 @@ sub-codebook (`codebook_size`), d = D / M for product quantization.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -141,13 +142,14 @@ class CodebookStatistics:
 class QuantizerOutput:
     """quantized (B, T, D) with straight-through gradients; latents (B, T, D) the continuous encoder output as the
     quantizer sees it (l2-normalised per chunk with cosine codebooks); codes (B, M, T) int64; losses are scalars over
-    valid frames."""
+    valid frames; entropy_loss is 0 unless requested (code-balancing loss, see `VectorQuantizerGroup.entropy_loss`)."""
 
     quantized: torch.Tensor
     latents: torch.Tensor
     codes: torch.Tensor
     codebook_loss: torch.Tensor
     commitment_loss: torch.Tensor
+    entropy_loss: torch.Tensor | None = field(default=None)
 
 
 def _masked_mse(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -312,6 +314,26 @@ class VectorQuantizerGroup(nn.Module):
         self.usage_ema.copy_(torch.where(dead, torch.full_like(self.usage_ema, max(self.dead_code_threshold, 1.0)),
                                          self.usage_ema))
 
+    def entropy_loss(self, valid_latents: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+        """Code-balancing loss on soft assignments. valid_latents (n, G, d), differentiable -> scalar.
+
+        p(k | x) = softmax_k(-||x - c_k||^2 / tau), with tau = `temperature` x the batch's mean squared distance to
+        the nearest codeword (scale-free). Loss = mean over groups of [mean_x H(p(.|x)) - H(mean_x p(.|x))] / log N:
+        the first term keeps each frame's assignment confident, the second spreads the batch over all N codewords.
+        Its gradient reaches the encoder only; codewords move by EMA / their own loss. Lies in [-1, 1].
+        """
+        x = self._normalized(valid_latents).transpose(0, 1)  # (G, n, d)
+        codebook = self._normalized(self.codebook).detach()
+        distances = torch.baddbmm((codebook**2).sum(-1)[:, None, :], x, codebook.transpose(1, 2), alpha=-2.0)
+        distances = distances + (x**2).sum(-1, keepdim=True)  # (G, n, N)
+        scale = distances.detach().min(dim=-1).values.mean(dim=-1).clamp_min(1e-8)[:, None, None]
+        log_probs = F.log_softmax(-distances / (temperature * scale), dim=-1)
+        probs = log_probs.exp()
+        frame_entropy = -(probs * log_probs).sum(-1).mean(-1)  # (G,)
+        mean_probs = probs.mean(dim=1)
+        batch_entropy = -(mean_probs * mean_probs.clamp_min(1e-12).log()).sum(-1)
+        return ((frame_entropy - batch_entropy) / math.log(self.codebook_size)).mean()
+
     def forward(self, latents: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """latents (B, T, G, d), mask (B, T) -> (codewords (B, T, G, d) without straight-through, codes (B, T, G)).
 
@@ -336,39 +358,126 @@ class VectorQuantizerGroup(nn.Module):
         return codewords.view(batch, frames, self.num_groups, self.dim), codes.view(batch, frames, self.num_groups)
 
 
+def balanced_pca_rotation(latents: torch.Tensor, num_subspaces: int) -> torch.Tensor:
+    """Orthogonal (D, D) matrix R from the PCA of latents (n, D), with `latents @ R` split into equal chunks.
+
+    Eigen-directions are dealt out greedily, largest variance first, to the sub-space whose product of variances is
+    smallest so far ("eigenvalue allocation" of optimised product quantisation, Ge et al. 2013): the rotated
+    coordinates are decorrelated and every sub-space gets a similar share of the variance.
+    """
+    dim = latents.shape[-1]
+    chunk = dim // num_subspaces
+    centred = latents.double() - latents.double().mean(0)
+    covariance = centred.T @ centred / max(latents.shape[0] - 1, 1)
+    eigenvalues, eigenvectors = torch.linalg.eigh(covariance)  # ascending
+    order = torch.argsort(eigenvalues, descending=True)
+    log_products = [0.0] * num_subspaces
+    members: list[list[int]] = [[] for _ in range(num_subspaces)]
+    for index in order.tolist():
+        open_subspaces = [s for s in range(num_subspaces) if len(members[s]) < chunk]
+        target = min(open_subspaces, key=lambda s: log_products[s])
+        members[target].append(index)
+        log_products[target] += math.log(max(float(eigenvalues[index]), 1e-12))
+    columns = [index for subspace in members for index in subspace]
+    return eigenvectors[:, columns].to(latents.dtype)
+
+
 class ProductQuantizer(nn.Module):
     """Splits a latent (B, T, D) into M chunks of d = D / M and quantizes each with its own N-word codebook.
 
     M = 1 is plain single-codebook VQ. Straight-through estimator; codebook loss (skipped with EMA updates) and
     commitment loss are mean squared errors over valid frames.
+
+    With `subspace_rotation="opq"` the latent is first multiplied by an orthogonal `rotation` (D, D): initialised by
+    `balanced_pca_rotation` on the first training batch, then every `rotation_update_interval` steps set to the
+    orthogonal Procrustes solution argmin_R ||X R - Q|| from moving averages of X^T Q (X latents, Q their codewords).
+    Everything downstream (codewords, decoder input, dual decoding) lives in the rotated space.
     """
 
-    def __init__(self, num_codebooks: int, codebook_size: int, codebook_dim: int, **flags):
+    def __init__(
+        self,
+        num_codebooks: int,
+        codebook_size: int,
+        codebook_dim: int,
+        *,
+        subspace_rotation: str = "none",
+        rotation_update_interval: int = 50,
+        entropy_temperature: float = 1.0,
+        **flags,
+    ):
         super().__init__()
         if codebook_dim % num_codebooks:
             raise ValueError(f"codebook_dim={codebook_dim} must be divisible by num_codebooks={num_codebooks}.")
         self.num_codebooks = num_codebooks
         self.codebook_size = codebook_size
         self.codebook_dim = codebook_dim
+        self.subspace_rotation = subspace_rotation
+        self.rotation_update_interval = rotation_update_interval
+        self.entropy_temperature = entropy_temperature
         self.codebooks = VectorQuantizerGroup(num_codebooks, codebook_size, codebook_dim // num_codebooks, **flags)
+        if subspace_rotation == "opq":
+            self.register_buffer("rotation", torch.eye(codebook_dim))
+            self.register_buffer("rotation_initialized", torch.tensor(False))
+            self.register_buffer("ema_cross_covariance", torch.zeros(codebook_dim, codebook_dim))
+            self.register_buffer("rotation_steps", torch.tensor(0, dtype=torch.int64))
 
-    def forward(self, latents: torch.Tensor, mask: torch.Tensor) -> QuantizerOutput:
+    def reset_rotation(self) -> None:
+        if self.subspace_rotation == "opq":
+            with torch.no_grad():
+                self.rotation.copy_(torch.eye(self.codebook_dim))
+                self.rotation_initialized.fill_(False)
+                self.ema_cross_covariance.zero_()
+                self.rotation_steps.zero_()
+
+    def _rotate(self, latents: torch.Tensor) -> torch.Tensor:
+        if self.subspace_rotation != "opq":
+            return latents
+        # A copy in training: autograd keeps R for the backward pass while `_update_rotation` rewrites the buffer.
+        return latents @ (self.rotation.clone() if torch.is_grad_enabled() else self.rotation)
+
+    @torch.no_grad()
+    def _update_rotation(self, valid_latents: torch.Tensor, valid_codewords: torch.Tensor) -> None:
+        """valid_latents (n, D) before rotation, valid_codewords (n, D) in rotated space."""
+        cross = _all_reduce_sum(valid_latents.T.double() @ valid_codewords.double())
+        decay = self.codebooks.ema_decay
+        self.ema_cross_covariance.mul_(decay).add_(cross.to(self.ema_cross_covariance.dtype), alpha=1 - decay)
+        self.rotation_steps += 1
+        if int(self.rotation_steps) % self.rotation_update_interval == 0:
+            left, _, right_t = torch.linalg.svd(self.ema_cross_covariance.double())
+            self.rotation.copy_((left @ right_t).to(self.rotation.dtype))
+
+    def forward(self, latents: torch.Tensor, mask: torch.Tensor, with_entropy_loss: bool = False) -> QuantizerOutput:
         """latents (B, T, D), mask (B, T) -> QuantizerOutput with quantized (B, T, D) and codes (B, M, T)."""
         batch, frames, _ = latents.shape
-        chunks = latents.view(batch, frames, self.num_codebooks, -1)
+        updating = self.training and not self.codebooks.frozen
+        valid_mask = mask.reshape(-1).bool()
+        if self.subspace_rotation == "opq" and updating and not bool(self.rotation_initialized):
+            valid = latents.detach().reshape(-1, self.codebook_dim)[valid_mask]
+            if valid.shape[0] > 1:
+                self.rotation.copy_(_broadcast(balanced_pca_rotation(valid.float(), self.num_codebooks).contiguous()))
+                self.rotation_initialized.fill_(True)
+        rotated = self._rotate(latents)
+        chunks = rotated.view(batch, frames, self.num_codebooks, -1)
         codewords, codes = self.codebooks(chunks, mask)
         target = self.codebooks._normalized(chunks).reshape(batch, frames, -1)
         codewords = codewords.reshape(batch, frames, -1)
-        return _straight_through(target, codewords, codes.transpose(1, 2), mask, self.codebooks.use_ema)
+        if self.subspace_rotation == "opq" and updating:
+            self._update_rotation(latents.detach().reshape(-1, self.codebook_dim)[valid_mask].float(),
+                                  codewords.detach().reshape(-1, self.codebook_dim)[valid_mask].float())
+        output = _straight_through(target, codewords, codes.transpose(1, 2), mask, self.codebooks.use_ema)
+        if with_entropy_loss:
+            valid_chunks = chunks.reshape(batch * frames, self.num_codebooks, -1)[valid_mask]
+            output.entropy_loss = self.codebooks.entropy_loss(valid_chunks, self.entropy_temperature)
+        return output
 
     def encode(self, latents: torch.Tensor) -> torch.Tensor:
         """latents (B, T, D) -> codes (B, M, T), no training side effects."""
         batch, frames, _ = latents.shape
-        codes = self.codebooks.search(latents.reshape(batch * frames, self.num_codebooks, -1))
+        codes = self.codebooks.search(self._rotate(latents).reshape(batch * frames, self.num_codebooks, -1))
         return codes.view(batch, frames, self.num_codebooks).transpose(1, 2)
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        """codes (B, M, T) -> quantized latents (B, T, D)."""
+        """codes (B, M, T) -> quantized latents (B, T, D) (in the rotated space when a rotation is used)."""
         batch, _, frames = codes.shape
         codewords = self.codebooks.lookup(codes.transpose(1, 2).reshape(batch * frames, self.num_codebooks))
         return codewords.reshape(batch, frames, self.codebook_dim)
@@ -377,30 +486,39 @@ class ProductQuantizer(nn.Module):
 class ResidualQuantizer(nn.Module):
     """Residual VQ baseline: M stages, each quantizing the residual of the previous ones with N full-dim codewords."""
 
-    def __init__(self, num_codebooks: int, codebook_size: int, codebook_dim: int, **flags):
+    def __init__(self, num_codebooks: int, codebook_size: int, codebook_dim: int, *,
+                 entropy_temperature: float = 1.0, **flags):
         super().__init__()
         self.num_codebooks = num_codebooks
         self.codebook_size = codebook_size
         self.codebook_dim = codebook_dim
+        self.entropy_temperature = entropy_temperature
         if flags.get("use_cosine"):
             raise ValueError("use_cosine_codebook is not defined for residual VQ (residuals are not unit vectors).")
         self.stages = nn.ModuleList(
             VectorQuantizerGroup(1, codebook_size, codebook_dim, **flags) for _ in range(num_codebooks)
         )
 
-    def forward(self, latents: torch.Tensor, mask: torch.Tensor) -> QuantizerOutput:
+    def forward(self, latents: torch.Tensor, mask: torch.Tensor, with_entropy_loss: bool = False) -> QuantizerOutput:
         batch, frames, dim = latents.shape
         residual = latents
         total = torch.zeros_like(latents)
-        all_codes = []
+        all_codes, entropy_losses = [], []
+        valid_mask = mask.reshape(-1).bool()
         for stage in self.stages:
+            if with_entropy_loss:
+                entropy_losses.append(
+                    stage.entropy_loss(residual.reshape(-1, 1, dim)[valid_mask], self.entropy_temperature))
             codewords, codes = stage(residual.view(batch, frames, 1, dim), mask)
             codewords = codewords.view(batch, frames, dim)
             total = total + codewords
             residual = residual - codewords.detach()
             all_codes.append(codes.view(batch, frames))
         codes = torch.stack(all_codes, dim=1)
-        return _straight_through(latents, total, codes, mask, self.stages[0].use_ema)
+        output = _straight_through(latents, total, codes, mask, self.stages[0].use_ema)
+        if with_entropy_loss:
+            output.entropy_loss = torch.stack(entropy_losses).mean()
+        return output
 
     def encode(self, latents: torch.Tensor) -> torch.Tensor:
         batch, frames, dim = latents.shape
@@ -436,6 +554,7 @@ __all__ = [
     "ProductQuantizer",
     "ResidualQuantizer",
     "VectorQuantizerGroup",
+    "balanced_pca_rotation",
     "codes_to_composite",
     "composite_to_codes",
     "kmeans",
