@@ -26,42 +26,70 @@ import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, HERE)  # peer_quantizers, token_lm
 
-PLAIN = dict(use_ema=False, kmeans_init=False, dead_code_threshold=0.0)
+# Chosen by a 400-step pilot (PQ-2x256+DD, pilot numbers in benchmarks/README.md).
+ENTROPY_WEIGHT = 0.1
+
+PLAIN = dict(use_ema=False, kmeans_init=False, dead_code_threshold=0.0, entropy_loss_weight=0.0)
+# The remedied recipe, given to every one of our quantizers (VQ, PQ, RVQ) alike; each remedy is ablated below.
+REMEDIES = dict(use_ema=True, kmeans_init=True, dead_code_threshold=1.0, entropy_loss_weight=ENTROPY_WEIGHT)
 NO_DD = dict(dual_decoding_weight=0.0)
+DD = dict(dual_decoding_weight=1.0)
+
+# Tokenizers whose composite ids train the token LM (issue 6, part 3).
+TOKEN_LM_VARIANTS = ("VQ-2^10", "VQ-2^16", "PQ-2x256+DD")
+HISTOGRAM_VARIANTS = ("VQ-2^16", "PQ-2x256+DD")
 
 
-CORE = {"VQ-2^16 plain", "PQ-2x256 plain", "PQ-2x256+DD plain", "PQ-2x256+DD", "PQ-2x256", "VQ-2^16"}
+def variants(quick: bool) -> list[tuple[str, str, dict]]:
+    """(name, method, config overrides), most important first. Peers carry `peer=<kind>` (see peer_quantizers)."""
+    def vq(size, **extra):
+        return dict(quantizer_type="vq", num_codebooks=1, codebook_size=size, **{**REMEDIES, **NO_DD, **extra})
 
+    def pq(m, n, dd=True, **extra):
+        return dict(quantizer_type="pq", num_codebooks=m, codebook_size=n, **{**REMEDIES, **(DD if dd else NO_DD),
+                                                                               **extra})
 
-def variants(quick: bool) -> list[dict]:
-    """(name, method, config overrides). Remedies are the config defaults (EMA, k-means init, dead-code restart)."""
     grid = [
-        ("VQ-2^16 plain", "VQ plain", dict(quantizer_type="vq", num_codebooks=1, codebook_size=65536, **PLAIN, **NO_DD)),
-        ("PQ-2x256 plain", "PQ plain", dict(num_codebooks=2, codebook_size=256, **PLAIN, **NO_DD)),
-        ("PQ-2x256+DD plain", "PQ+DD plain", dict(num_codebooks=2, codebook_size=256, **PLAIN)),
-        ("PQ-2x256+DD", "PQ+DD", dict(num_codebooks=2, codebook_size=256)),
-        ("PQ-2x256", "PQ", dict(num_codebooks=2, codebook_size=256, **NO_DD)),
-        ("VQ-2^16", "VQ", dict(quantizer_type="vq", num_codebooks=1, codebook_size=65536, **NO_DD)),
+        ("PQ-2x256+DD", "PQ+DD", pq(2, 256)),
+        ("VQ-2^16", "VQ", vq(65536)),
+        ("PQ-2x256", "PQ", pq(2, 256, dd=False)),
+        ("VQ-2^16 plain", "VQ plain", vq(65536, **PLAIN)),
+        ("PQ-2x256 plain", "PQ plain", pq(2, 256, dd=False, **PLAIN)),
+        ("PQ-2x256+DD plain", "PQ+DD plain", pq(2, 256, **PLAIN)),
     ]
-    if quick:
-        return grid
-    for bits in (10, 12, 14):
-        grid.append((f"VQ-2^{bits}", "VQ", dict(quantizer_type="vq", num_codebooks=1, codebook_size=2**bits, **NO_DD)))
-        grid.append((f"PQ-2x{2 ** (bits // 2)}+DD", "PQ+DD", dict(num_codebooks=2, codebook_size=2 ** (bits // 2))))
-        grid.append((f"PQ-2x{2 ** (bits // 2)}", "PQ", dict(num_codebooks=2, codebook_size=2 ** (bits // 2), **NO_DD)))
     grid += [
-        ("PQ-4x16+DD", "PQ+DD", dict(num_codebooks=4, codebook_size=16)),
-        ("PQ-4x16", "PQ", dict(num_codebooks=4, codebook_size=16, **NO_DD)),
-        ("RVQ-2x256", "RVQ", dict(quantizer_type="rvq", num_codebooks=2, codebook_size=256, **NO_DD)),
-        ("RVQ-2x256+DD", "RVQ+DD", dict(quantizer_type="rvq", num_codebooks=2, codebook_size=256)),
-        ("PQ-2x256+DD no EMA", "ablation", dict(num_codebooks=2, codebook_size=256, use_ema=False)),
-        ("PQ-2x256+DD no k-means", "ablation", dict(num_codebooks=2, codebook_size=256, kmeans_init=False)),
-        ("PQ-2x256+DD no restarts", "ablation", dict(num_codebooks=2, codebook_size=256, dead_code_threshold=0.0)),
-        ("PQ-2x256+DD cosine", "ablation", dict(num_codebooks=2, codebook_size=256, use_cosine_codebook=True)),
-        ("PQ-4x32+DD (2^20)", "PQ+DD", dict(num_codebooks=4, codebook_size=32)),
-        ("PQ-3x256+DD (2^24)", "PQ+DD", dict(num_codebooks=3, codebook_size=256, codebook_dim=63)),
-        ("PQ-4x64+DD (2^24)", "PQ+DD", dict(num_codebooks=4, codebook_size=64)),
+        ("peer VQ-2^16 (vector-quantize-pytorch)", "peer VQ", dict(peer="vq")),
+        ("peer FSQ 8-8-8-5-5-5", "peer FSQ", dict(peer="fsq")),
+        ("peer SimVQ-2^16", "peer SimVQ", dict(peer="simvq")),
+    ]
+    opq = ("PQ-2x256+DD OPQ rotation", "ablation", pq(2, 256, subspace_rotation="opq"))
+    if quick:  # every code path once: our quantizers, the peers, the rotation
+        return grid + [opq]
+    grid += [
+        ("PQ-4x16+DD", "PQ+DD (M=4)", pq(4, 16)),
+        ("PQ-4x16", "PQ (M=4)", pq(4, 16, dd=False)),
+        ("RVQ-2x256", "RVQ", dict(quantizer_type="rvq", num_codebooks=2, codebook_size=256, **REMEDIES, **NO_DD)),
+        ("RVQ-2x256+DD", "RVQ+DD", dict(quantizer_type="rvq", num_codebooks=2, codebook_size=256, **REMEDIES, **DD)),
+    ]
+    for bits in (10, 12, 14):
+        n = 2 ** (bits // 2)
+        grid += [(f"VQ-2^{bits}", "VQ", vq(2**bits)),
+                 (f"PQ-2x{n}+DD", "PQ+DD", pq(2, n)),
+                 (f"PQ-2x{n}", "PQ", pq(2, n, dd=False))]
+    grid += [
+        ("PQ-4x8+DD", "PQ+DD (M=4)", pq(4, 8)),
+        ("PQ-2x256+DD no EMA", "ablation", pq(2, 256, use_ema=False)),
+        ("PQ-2x256+DD no k-means", "ablation", pq(2, 256, kmeans_init=False)),
+        ("PQ-2x256+DD no restarts", "ablation", pq(2, 256, dead_code_threshold=0.0)),
+        ("PQ-2x256+DD no entropy loss", "ablation", pq(2, 256, entropy_loss_weight=0.0)),
+        ("PQ-2x256+DD entropy loss x3", "ablation", pq(2, 256, entropy_loss_weight=3 * ENTROPY_WEIGHT)),
+        ("PQ-2x256+DD cosine", "ablation", pq(2, 256, use_cosine_codebook=True)),
+        opq,
+        ("PQ-4x32+DD (2^20)", "PQ+DD (M=4)", pq(4, 32)),
+        ("PQ-3x256+DD (2^24)", "PQ+DD (M=3)", pq(3, 256, codebook_dim=63)),
+        ("PQ-4x64+DD (2^24)", "PQ+DD (M=4)", pq(4, 64)),
     ]
     return grid
 
@@ -75,7 +103,18 @@ def train_variant(overrides: dict, args, train_dataset, output_dir: str) -> tupl
 
     torch.manual_seed(args.seed)
     base = dict(hidden_size=args.hidden_size, intermediate_size=3 * args.hidden_size, vocoder="none")
+    overrides = dict(overrides)
+    peer = overrides.pop("peer", None)
+    if peer:
+        from peer_quantizers import peer_config_overrides
+
+        overrides = {**peer_config_overrides(peer), **overrides}
+        overrides.pop("peer")
     model = PQVAEModel(PQVAEConfig(**{**base, **overrides}))
+    if peer:
+        from peer_quantizers import install_peer
+
+        install_peer(model, peer)
     collator = AudioCollator(model.config.sampling_rate, crop_seconds=args.crop_seconds, seed=args.seed)
     training_args = TrainingArguments(
         output_dir=output_dir, max_steps=args.steps, per_device_train_batch_size=args.batch_size,
@@ -122,64 +161,163 @@ def plot(results: list[dict], histograms: dict, output_dir: str) -> None:
         plt.close(fig)
 
 
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-+^." else "_" for c in name)
+
+
+def _load_eval_audio(args) -> dict:
+    from pqvae_hf.data import decode_audio, load_audio_dataset
+
+    source = dict(dataset_dir=args.corpus_dir, split_column="split")
+    limits = {"test": args.max_eval_clips, "validation": args.max_val_clips}
+    return {split: [decode_audio(cell, 16000) for cell in load_audio_dataset(split=split, max_samples=limit,
+                                                                            **source)["audio"]]
+            for split, limit in limits.items()}
+
+
+def run_grid(args, selected, extra: dict) -> None:
+    """Train + evaluate each selected variant; one JSON per variant in output_dir/variants (re-runs skip it)."""
+    from pqvae_hf.data import add_index_column, load_audio_dataset
+    from pqvae_hf.evaluation import evaluate_tokens
+
+    variant_dir = os.path.join(args.output_dir, "variants")
+    os.makedirs(variant_dir, exist_ok=True)
+    todo = [v for v in selected if args.force or not os.path.exists(os.path.join(variant_dir, _slug(v[0]) + ".json"))]
+    if not todo:
+        return
+    train = add_index_column(load_audio_dataset(dataset_dir=args.corpus_dir, split_column="split", split="train"))
+    evaluation_audio = _load_eval_audio(args)
+    for position, (name, method, overrides) in enumerate(todo, 1):
+        print(f"[index-collapse] {position}/{len(todo)} {name}", file=sys.stderr, flush=True)
+        overrides = {**overrides, **extra}
+        model, train_seconds = train_variant(overrides, args, train, os.path.join(args.output_dir, "runs", "tmp"))
+        row = {"name": name, "method": method, "overrides": overrides, "train_seconds": round(train_seconds, 1),
+               "threads": torch.get_num_threads(), "steps": args.steps,
+               "composite_size": model.config.composite_codebook_size, "bits_per_second": model.config.bits_per_second}
+        for split, audios in evaluation_audio.items():
+            row[split] = evaluate_tokens(model, audios, progress=False)
+        if name in HISTOGRAM_VARIANTS:
+            row["test_composite_counts"] = _composite_counts(model, evaluation_audio["test"])
+        if name in TOKEN_LM_VARIANTS:
+            model.save_pretrained(os.path.join(args.output_dir, "runs", _slug(name)))
+        with open(os.path.join(variant_dir, _slug(name) + ".json"), "w") as handle:
+            json.dump(row, handle, indent=1)
+
+
+def run_token_lm(args, names) -> None:
+    """Token-LM check on the saved tokenizers of TOKEN_LM_VARIANTS; one JSON per tokenizer in output_dir/token_lm."""
+    from token_lm import composite_sequences, train_and_score
+
+    from pqvae_hf import PQVAEModel
+    from pqvae_hf.data import decode_audio, load_audio_dataset
+
+    lm_dir = os.path.join(args.output_dir, "token_lm")
+    os.makedirs(lm_dir, exist_ok=True)
+    todo = [n for n in names if args.force or not os.path.exists(os.path.join(lm_dir, _slug(n) + ".json"))]
+    todo = [n for n in todo if os.path.isdir(os.path.join(args.output_dir, "runs", _slug(n)))]
+    if not todo:
+        return
+    source = dict(dataset_dir=args.corpus_dir, split_column="split")
+    audio = {split: [decode_audio(cell, 16000) for cell in load_audio_dataset(split=split, max_samples=limit,
+                                                                            **source)["audio"]]
+             for split, limit in (("train", args.max_lm_train_clips), ("test", args.max_eval_clips))}
+    for name in todo:
+        print(f"[index-collapse] token LM on {name}", file=sys.stderr, flush=True)
+        tokenizer = PQVAEModel.from_pretrained(os.path.join(args.output_dir, "runs", _slug(name))).eval()
+        result = train_and_score(composite_sequences(tokenizer, audio["train"]),
+                                 composite_sequences(tokenizer, audio["test"]),
+                                 tokenizer.config.composite_codebook_size, steps=args.lm_steps, seed=args.seed,
+                                 frame_rate=tokenizer.config.frame_rate)
+        with open(os.path.join(lm_dir, _slug(name) + ".json"), "w") as handle:
+            json.dump({"name": name, **result}, handle, indent=1)
+
+
+def report(args, names) -> dict:
+    """Collect the per-variant JSONs (in grid order) into results.json / results.md and the two plots."""
+    results, histograms, token_lm = [], {}, []
+    for name in names:
+        path = os.path.join(args.output_dir, "variants", _slug(name) + ".json")
+        if os.path.exists(path):
+            with open(path) as handle:
+                row = json.load(handle)
+            counts = row.pop("test_composite_counts", None)
+            if counts is not None:
+                histograms[name] = counts
+            results.append(row)
+        lm_path = os.path.join(args.output_dir, "token_lm", _slug(name) + ".json")
+        if os.path.exists(lm_path):
+            with open(lm_path) as handle:
+                token_lm.append(json.load(handle))
+    command = "benchmarks/index_collapse.py" + (" --quick" if args.quick else "")
+    summary = {"command": command, "steps": args.steps, "batch_size": args.batch_size,
+               "crop_seconds": args.crop_seconds, "hidden_size": args.hidden_size, "seed": args.seed,
+               "max_eval_clips": args.max_eval_clips, "max_val_clips": args.max_val_clips,
+               "total_train_seconds": round(sum(r["train_seconds"] for r in results), 1),
+               "results": results, "token_lm": token_lm}
+    with open(os.path.join(args.output_dir, "results.json"), "w") as handle:
+        json.dump(summary, handle, indent=2)
+    with open(os.path.join(args.output_dir, "results.md"), "w") as handle:
+        handle.write(to_markdown(summary))
+    if results:
+        plot(results, histograms, args.output_dir)
+    return summary
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--corpus_dir", required=True)
-    parser.add_argument("--quick", action="store_true", help="6 variants, few steps, small eval subsets")
-    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--quick", action="store_true", help="6 variants, few steps, small model and eval subsets")
+    parser.add_argument("--steps", type=int, default=None, help="training steps per variant (default 400)")
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--crop_seconds", type=float, default=2.0)
     parser.add_argument("--hidden_size", type=int, default=256)
     parser.add_argument("--learning_rate", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max_eval_clips", type=int, default=None)
+    parser.add_argument("--max_eval_clips", type=int, default=None, help="test clips (default: all)")
+    parser.add_argument("--max_val_clips", type=int, default=None, help="validation clips (default: all)")
+    parser.add_argument("--lm_steps", type=int, default=None, help="token-LM training steps (default 600)")
+    parser.add_argument("--max_lm_train_clips", type=int, default=None, help="train clips for the token LM")
     parser.add_argument("--variants", nargs="*", default=None, help="run only these variant names")
+    parser.add_argument("--stage", choices=("all", "grid", "token_lm", "report"), default="all")
+    parser.add_argument("--shard", default="0/1", help="K/N: this process runs every N-th variant from the K-th")
+    parser.add_argument("--force", action="store_true", help="re-run variants whose results already exist")
+    parser.add_argument("--override", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="config fields set on top of every selected variant (e.g. entropy_loss_weight=0.1)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--output_dir", default=os.path.join(HERE, "results", "index_collapse"))
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    extra = {key: json.loads(value) if value[:1] in "0123456789-[{tfn" else value
+             for key, value in (item.split("=", 1) for item in args.override)}
     if args.steps is None:
-        args.steps = 20 if args.quick else 800
+        args.steps = 20 if args.quick else 400
+    if args.lm_steps is None:
+        args.lm_steps = 20 if args.quick else 600
     if args.quick:
         args.hidden_size = min(args.hidden_size, 64)
         args.max_eval_clips = args.max_eval_clips or 40
+        args.max_val_clips = args.max_val_clips or 40
+        args.max_lm_train_clips = args.max_lm_train_clips or 60
+    shard_index, shard_count = (int(x) for x in args.shard.split("/"))
 
-    from pqvae_hf.data import add_index_column, decode_audio, load_audio_dataset
-    from pqvae_hf.evaluation import evaluate_tokens
-
-    os.makedirs(args.output_dir, exist_ok=True)
-    source = dict(dataset_dir=args.corpus_dir, split_column="split")
-    train = add_index_column(load_audio_dataset(split="train", **source))
-    evaluation_audio = {}
-    for split in ("test", "validation"):
-        data = load_audio_dataset(split=split, max_samples=args.max_eval_clips, **source)
-        evaluation_audio[split] = [decode_audio(cell, 16000) for cell in data["audio"]]
-
-    results, histograms = [], {}
-    start = time.time()
-    selected = [v for v in variants(args.quick or bool(args.variants and set(args.variants) <= CORE))
+    known = variants(False)
+    if args.variants and not set(args.variants) <= {v[0] for v in known}:
+        raise SystemExit(f"Unknown variant names {sorted(set(args.variants) - {v[0] for v in known})}; known:"
+                         f" {[v[0] for v in known]}")
+    selected = [v for v in (known if args.variants else variants(args.quick))
                 if args.variants is None or v[0] in args.variants]
-    if args.variants and len(selected) != len(set(args.variants)):
-        raise SystemExit(f"Unknown variant names; known: {[v[0] for v in variants(False)]}")
-    for name, method, overrides in selected:
-        print(f"[index-collapse] {name}", file=sys.stderr, flush=True)
-        model, train_seconds = train_variant(overrides, args, train, os.path.join(args.output_dir, "runs", "tmp"))
-        row = {"name": name, "method": method, "overrides": overrides, "train_seconds": round(train_seconds, 1),
-               "composite_size": model.config.composite_codebook_size, "bits_per_second": model.config.bits_per_second}
-        for split, audios in evaluation_audio.items():
-            row[split] = evaluate_tokens(model, audios, progress=False)
-        results.append(row)
-        if name in ("VQ-2^16", "PQ-2x256+DD"):
-            histograms[name] = _composite_counts(model, evaluation_audio["test"])
-    wall = time.time() - start
-    summary = {"command": "benchmarks/index_collapse.py" + (" --quick" if args.quick else ""),
-               "steps": args.steps, "batch_size": args.batch_size, "crop_seconds": args.crop_seconds,
-               "hidden_size": args.hidden_size, "seed": args.seed, "wall_seconds": round(wall, 1),
-               "max_eval_clips": args.max_eval_clips, "results": results}
-    with open(os.path.join(args.output_dir, "results.json"), "w") as handle:
-        json.dump(summary, handle, indent=2)
-    with open(os.path.join(args.output_dir, "results.md"), "w") as handle:
-        handle.write(to_markdown(summary))
-    plot(results, histograms, args.output_dir)
+    # (VQ-2^10 is not in the quick grid; the other two exercise the token-LM path there)
+    lm_names = [n for n in TOKEN_LM_VARIANTS if n in {v[0] for v in selected}]
+    os.makedirs(args.output_dir, exist_ok=True)
+    start = time.time()
+    if args.stage in ("all", "grid"):
+        run_grid(args, selected[shard_index::shard_count], extra)
+    if args.stage in ("all", "token_lm"):
+        run_token_lm(args, lm_names[shard_index::shard_count])
+    summary = report(args, [v[0] for v in selected])
     print(to_markdown(summary))
+    print(f"[index-collapse] this call took {time.time() - start:.0f} s", file=sys.stderr)
     return summary
 
 
@@ -194,21 +332,36 @@ def _composite_counts(model, audios: list[np.ndarray]) -> list[int]:
 
 
 def to_markdown(summary: dict) -> str:
+    eval_note = (f"first {summary['max_eval_clips']} test clips" if summary["max_eval_clips"] else "whole test split")
     lines = [f"# Index collapse ({summary['command']})", "",
-             f"{summary['steps']} steps, batch {summary['batch_size']} x {summary['crop_seconds']} s, hidden"
-             f" {summary['hidden_size']}, seed {summary['seed']}, wall {summary['wall_seconds']:.0f} s. Test split"
-             f"{' (first ' + str(summary['max_eval_clips']) + ' clips)' if summary['max_eval_clips'] else ''}.", "",
+             f"{summary['steps']} steps per variant, batch {summary['batch_size']} x {summary['crop_seconds']} s,"
+             f" hidden {summary['hidden_size']}, seed {summary['seed']}; metrics on the {eval_note} (unseen"
+             f" languages and speakers); val metrics on"
+             f" {('the first ' + str(summary['max_val_clips'])) if summary['max_val_clips'] else 'all'} validation clips."
+             f" Total training time {summary['total_train_seconds'] / 60:.0f} min.", "",
              "| variant | composite | bit/s | used per codebook (%) | perplexity per codebook | composite perplexity |"
-             " product of perplexities | mel L1 | mel L2 | val mel L1 | train s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             " product of perplexities | mel L1 | mel L2 | val mel L1 | val perplexity per codebook | train s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in summary["results"]:
         test, val = row["test"], row["validation"]
         usage = " / ".join(f"{100 * u:.3g}" for u in test["codebook_usage_fraction"])
         perplexity = " / ".join(f"{p:.1f}" for p in test["codebook_perplexity"])
-        lines.append(f"| {row['name']} | 2^{math.log2(row['composite_size']):.0f} | {row['bits_per_second']:g} |"
-                     f" {usage} | {perplexity} | {test['composite_perplexity']:,.1f} |"
+        val_perplexity = " / ".join(f"{p:.1f}" for p in val["codebook_perplexity"])
+        lines.append(f"| {row['name']} | 2^{math.log2(row['composite_size']):.2f}".rstrip("0").rstrip(".") +
+                     f" | {row['bits_per_second']:.0f} | {usage} | {perplexity} | {test['composite_perplexity']:,.1f} |"
                      f" {test['product_of_codebook_perplexities']:,.0f} | {test['log_mel_l1']:.3f} |"
-                     f" {test['log_mel_l2']:.3f} | {val['log_mel_l1']:.3f} | {row['train_seconds']:.0f} |")
+                     f" {test['log_mel_l2']:.3f} | {val['log_mel_l1']:.3f} | {val_perplexity} |"
+                     f" {row['train_seconds']:.0f} |")
+    if summary.get("token_lm"):
+        lines += ["", "## Token LM (tiny GPT-2 on train-split composite ids, scored on the test split)", "",
+                  "| tokenizer | vocabulary | LM parameters | test bits / frame | test bits / s | unigram bits / frame |"
+                  " log2 vocabulary | test tokens unseen in train | LM train s |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for row in summary["token_lm"]:
+            lines.append(f"| {row['name']} | {row['vocab_size']:,} | {row['lm_parameters'] / 1e6:.2f} M |"
+                         f" {row['test_bits_per_frame']:.2f} | {row['test_bits_per_second']:.0f} |"
+                         f" {row['unigram_bits_per_frame']:.2f} | {row['max_bits_per_frame']:.1f} |"
+                         f" {100 * row['test_tokens_unseen_in_train']:.1f} % | {row['lm_train_seconds']:.0f} |")
     return "\n".join(lines) + "\n"
 
 
