@@ -79,19 +79,27 @@ def variants(quick: bool) -> list[tuple[str, str, dict]]:
                  (f"PQ-2x{n}+DD", "PQ+DD", pq(2, n)),
                  (f"PQ-2x{n}", "PQ", pq(2, n, dd=False))]
     grid += [
-        ("PQ-4x8+DD", "PQ+DD (M=4)", pq(4, 8)),
         ("PQ-2x256+DD no EMA", "ablation", pq(2, 256, use_ema=False)),
         ("PQ-2x256+DD no k-means", "ablation", pq(2, 256, kmeans_init=False)),
         ("PQ-2x256+DD no restarts", "ablation", pq(2, 256, dead_code_threshold=0.0)),
         ("PQ-2x256+DD no entropy loss", "ablation", pq(2, 256, entropy_loss_weight=0.0)),
-        ("PQ-2x256+DD entropy loss x3", "ablation", pq(2, 256, entropy_loss_weight=3 * ENTROPY_WEIGHT)),
-        ("PQ-2x256+DD cosine", "ablation", pq(2, 256, use_cosine_codebook=True)),
         opq,
         ("PQ-4x32+DD (2^20)", "PQ+DD (M=4)", pq(4, 32)),
-        ("PQ-3x256+DD (2^24)", "PQ+DD (M=3)", pq(3, 256, codebook_dim=63)),
         ("PQ-4x64+DD (2^24)", "PQ+DD (M=4)", pq(4, 64)),
     ]
     return grid
+
+
+def extra_variants() -> list[tuple[str, str, dict]]:
+    """Defined but left out of the default grid to fit the CPU budget; run them with --variants NAME ..."""
+    pq = dict(quantizer_type="pq", **REMEDIES, **DD)
+    return [
+        ("PQ-4x8+DD", "PQ+DD (M=4)", dict(pq, num_codebooks=4, codebook_size=8)),
+        ("PQ-3x256+DD (2^24)", "PQ+DD (M=3)", dict(pq, num_codebooks=3, codebook_size=256, codebook_dim=63)),
+        ("PQ-2x256+DD cosine", "ablation", dict(pq, num_codebooks=2, codebook_size=256, use_cosine_codebook=True)),
+        ("PQ-2x256+DD entropy loss x3", "ablation",
+         dict(pq, num_codebooks=2, codebook_size=256, entropy_loss_weight=3 * ENTROPY_WEIGHT)),
+    ]
 
 
 def train_variant(overrides: dict, args, train_dataset, output_dir: str) -> tuple:
@@ -168,11 +176,20 @@ def _slug(name: str) -> str:
 def _load_eval_audio(args) -> dict:
     from pqvae_hf.data import decode_audio, load_audio_dataset
 
-    source = dict(dataset_dir=args.corpus_dir, split_column="split")
     limits = {"test": args.max_eval_clips, "validation": args.max_val_clips}
-    return {split: [decode_audio(cell, 16000) for cell in load_audio_dataset(split=split, max_samples=limit,
-                                                                            **source)["audio"]]
+    return {split: [decode_audio(cell, 16000) for cell in _spread_subset(args, split, limit)["audio"]]
             for split, limit in limits.items()}
+
+
+def _spread_subset(args, split: str, limit: int | None):
+    """The split, or `limit` clips evenly spaced through it (the metadata is sorted by source, so the first N clips
+    would all come from one or two recording sets)."""
+    from pqvae_hf.data import load_audio_dataset
+
+    data = load_audio_dataset(dataset_dir=args.corpus_dir, split_column="split", split=split)
+    if limit is None or limit >= len(data):
+        return data
+    return data.select(np.unique(np.linspace(0, len(data) - 1, limit).round().astype(int)).tolist())
 
 
 def run_grid(args, selected, extra: dict) -> None:
@@ -188,9 +205,13 @@ def run_grid(args, selected, extra: dict) -> None:
     train = add_index_column(load_audio_dataset(dataset_dir=args.corpus_dir, split_column="split", split="train"))
     evaluation_audio = _load_eval_audio(args)
     for position, (name, method, overrides) in enumerate(todo, 1):
+        result_path = os.path.join(variant_dir, _slug(name) + ".json")
+        if (os.path.exists(result_path) and not args.force) or not _claim(result_path):
+            continue  # done meanwhile, or being run by another process
         print(f"[index-collapse] {position}/{len(todo)} {name}", file=sys.stderr, flush=True)
         overrides = {**overrides, **extra}
-        model, train_seconds = train_variant(overrides, args, train, os.path.join(args.output_dir, "runs", "tmp"))
+        model, train_seconds = train_variant(overrides, args, train,
+                                             os.path.join(args.output_dir, "runs", f"tmp-{os.getpid()}"))
         row = {"name": name, "method": method, "overrides": overrides, "train_seconds": round(train_seconds, 1),
                "threads": torch.get_num_threads(), "steps": args.steps,
                "composite_size": model.config.composite_codebook_size, "bits_per_second": model.config.bits_per_second}
@@ -200,8 +221,33 @@ def run_grid(args, selected, extra: dict) -> None:
             row["test_composite_counts"] = _composite_counts(model, evaluation_audio["test"])
         if name in TOKEN_LM_VARIANTS:
             model.save_pretrained(os.path.join(args.output_dir, "runs", _slug(name)))
-        with open(os.path.join(variant_dir, _slug(name) + ".json"), "w") as handle:
+        with open(result_path, "w") as handle:
             json.dump(row, handle, indent=1)
+        os.remove(result_path + ".claim")
+
+
+def _claim(result_path: str) -> bool:
+    """Atomically claim a variant for this process (a claim whose process is gone is taken over)."""
+    claim = result_path + ".claim"
+    for _ in range(2):
+        try:
+            handle = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                with open(claim) as existing:
+                    owner = int(existing.read().strip() or 0)
+                os.kill(owner, 0)
+                return False  # alive: someone else runs it
+            except (ProcessLookupError, ValueError, FileNotFoundError):
+                try:
+                    os.remove(claim)
+                except FileNotFoundError:
+                    pass
+                continue
+        os.write(handle, str(os.getpid()).encode())
+        os.close(handle)
+        return True
+    return False
 
 
 def run_token_lm(args, names) -> None:
@@ -218,18 +264,22 @@ def run_token_lm(args, names) -> None:
     if not todo:
         return
     source = dict(dataset_dir=args.corpus_dir, split_column="split")
-    audio = {split: [decode_audio(cell, 16000) for cell in load_audio_dataset(split=split, max_samples=limit,
-                                                                            **source)["audio"]]
+    audio = {split: [decode_audio(cell, 16000) for cell in _spread_subset(args, split, limit)["audio"]]
              for split, limit in (("train", args.max_lm_train_clips), ("test", args.max_eval_clips))}
     for name in todo:
+        result_path = os.path.join(lm_dir, _slug(name) + ".json")
+        if (os.path.exists(result_path) and not args.force) or not _claim(result_path):
+            continue
         print(f"[index-collapse] token LM on {name}", file=sys.stderr, flush=True)
         tokenizer = PQVAEModel.from_pretrained(os.path.join(args.output_dir, "runs", _slug(name))).eval()
         result = train_and_score(composite_sequences(tokenizer, audio["train"]),
                                  composite_sequences(tokenizer, audio["test"]),
-                                 tokenizer.config.composite_codebook_size, steps=args.lm_steps, seed=args.seed,
+                                 tokenizer.config.composite_codebook_size, steps=args.lm_steps,
+                                 batch_size=args.lm_batch_size, seed=args.seed,
                                  frame_rate=tokenizer.config.frame_rate)
-        with open(os.path.join(lm_dir, _slug(name) + ".json"), "w") as handle:
+        with open(result_path, "w") as handle:
             json.dump({"name": name, **result}, handle, indent=1)
+        os.remove(result_path + ".claim")
 
 
 def report(args, names) -> dict:
@@ -273,14 +323,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--hidden_size", type=int, default=256)
     parser.add_argument("--learning_rate", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max_eval_clips", type=int, default=None, help="test clips (default: all)")
-    parser.add_argument("--max_val_clips", type=int, default=None, help="validation clips (default: all)")
-    parser.add_argument("--lm_steps", type=int, default=None, help="token-LM training steps (default 600)")
+    parser.add_argument("--max_eval_clips", type=int, default=None, help="test clips, evenly spaced (default: all)")
+    parser.add_argument("--max_val_clips", type=int, default=None, help="validation clips, evenly spaced (default: all)")
+    parser.add_argument("--lm_steps", type=int, default=None, help="token-LM training steps (default 500)")
+    parser.add_argument("--lm_batch_size", type=int, default=8, help="token-LM windows of 128 tokens per step")
     parser.add_argument("--max_lm_train_clips", type=int, default=None, help="train clips for the token LM")
     parser.add_argument("--variants", nargs="*", default=None, help="run only these variant names")
     parser.add_argument("--stage", choices=("all", "grid", "token_lm", "report"), default="all")
-    parser.add_argument("--shard", default="0/1", help="K/N: this process runs every N-th variant from the K-th")
     parser.add_argument("--force", action="store_true", help="re-run variants whose results already exist")
+    # Work splits across processes: start the same command N times; each claims the next variant nobody runs.
     parser.add_argument("--override", nargs="*", default=[], metavar="KEY=VALUE",
                         help="config fields set on top of every selected variant (e.g. entropy_loss_weight=0.1)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
@@ -293,15 +344,13 @@ def main(argv: list[str] | None = None) -> dict:
     if args.steps is None:
         args.steps = 20 if args.quick else 400
     if args.lm_steps is None:
-        args.lm_steps = 20 if args.quick else 600
+        args.lm_steps = 20 if args.quick else 500
     if args.quick:
         args.hidden_size = min(args.hidden_size, 64)
         args.max_eval_clips = args.max_eval_clips or 40
         args.max_val_clips = args.max_val_clips or 40
         args.max_lm_train_clips = args.max_lm_train_clips or 60
-    shard_index, shard_count = (int(x) for x in args.shard.split("/"))
-
-    known = variants(False)
+    known = variants(False) + extra_variants()
     if args.variants and not set(args.variants) <= {v[0] for v in known}:
         raise SystemExit(f"Unknown variant names {sorted(set(args.variants) - {v[0] for v in known})}; known:"
                          f" {[v[0] for v in known]}")
@@ -312,9 +361,9 @@ def main(argv: list[str] | None = None) -> dict:
     os.makedirs(args.output_dir, exist_ok=True)
     start = time.time()
     if args.stage in ("all", "grid"):
-        run_grid(args, selected[shard_index::shard_count], extra)
+        run_grid(args, selected, extra)
     if args.stage in ("all", "token_lm"):
-        run_token_lm(args, lm_names[shard_index::shard_count])
+        run_token_lm(args, lm_names)
     summary = report(args, [v[0] for v in selected])
     print(to_markdown(summary))
     print(f"[index-collapse] this call took {time.time() - start:.0f} s", file=sys.stderr)
@@ -332,12 +381,12 @@ def _composite_counts(model, audios: list[np.ndarray]) -> list[int]:
 
 
 def to_markdown(summary: dict) -> str:
-    eval_note = (f"first {summary['max_eval_clips']} test clips" if summary["max_eval_clips"] else "whole test split")
+    eval_note = (f"{summary['max_eval_clips']} evenly spaced test clips" if summary["max_eval_clips"] else "whole test split")
     lines = [f"# Index collapse ({summary['command']})", "",
              f"{summary['steps']} steps per variant, batch {summary['batch_size']} x {summary['crop_seconds']} s,"
              f" hidden {summary['hidden_size']}, seed {summary['seed']}; metrics on the {eval_note} (unseen"
              f" languages and speakers); val metrics on"
-             f" {('the first ' + str(summary['max_val_clips'])) if summary['max_val_clips'] else 'all'} validation clips."
+             f" {(str(summary['max_val_clips']) + ' evenly spaced') if summary['max_val_clips'] else 'all'} validation clips."
              f" Total training time {summary['total_train_seconds'] / 60:.0f} min.", "",
              "| variant | composite | bit/s | used per codebook (%) | perplexity per codebook | composite perplexity |"
              " product of perplexities | mel L1 | mel L2 | val mel L1 | val perplexity per codebook | train s |",
