@@ -108,6 +108,8 @@ class PQVAETrainer(Trainer):
                 "dual_reconstruction_loss": float(outputs.dual_reconstruction_loss),
                 "commitment_loss": float(outputs.commitment_loss),
             }
+            if getattr(outputs, "entropy_loss", None) is not None and float(outputs.entropy_loss) != 0.0:
+                self._loss_parts["entropy_loss"] = float(outputs.entropy_loss)
         return (outputs.loss, outputs) if return_outputs else outputs.loss
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
