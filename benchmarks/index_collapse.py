@@ -1,15 +1,21 @@
 """The paper's experiment: index collapse of single VQ vs RVQ vs PQ vs PQ + dual decoding, on real speech.
 
     .venv/bin/python benchmarks/index_collapse.py --corpus_dir data/speech_corpus            # full grid (hours)
-    .venv/bin/python benchmarks/index_collapse.py --corpus_dir DIR --quick                  # minutes
+    .venv/bin/python benchmarks/index_collapse.py --corpus_dir DIR --quick                  # about a minute
 
 Every variant gets the same backbone (encoder/decoder), data (train split), step budget, optimiser, crop length and
-seed; only the quantizer settings differ. Each is evaluated on the test and validation splits with
-`pqvae_hf.evaluation.evaluate_tokens` (usage and perplexity per sub-codebook and composite, log-mel L1/L2).
-Outputs in `--output_dir`: results.json, results.md, perplexity_vs_codebook_size.png, usage_histogram.png.
+seed; only the quantizer differs. Our quantizers get the same remedies wherever they apply (EMA, k-means init,
+dead-code restarts, entropy loss), the plain VQ-VAE recipe is run too to show the collapse, and each remedy is
+ablated on PQ + DD. Peers from vector-quantize-pytorch (`VectorQuantize`, `FSQ`, `SimVQ`; benchmark-only dependency,
+`pip install .[bench]`) replace the quantizer in the same backbone (peer_quantizers.py). Each variant is evaluated
+on the whole test split (unseen languages and speakers) and on the validation split with
+`pqvae_hf.evaluation.evaluate_tokens`: usage and perplexity per sub-codebook and for composite ids, the product of
+the sub-perplexities, log-mel L1/L2, bit rate, training wall time. Then the token-LM check (token_lm.py) trains the
+same tiny GPT-2 on the composite ids of VQ-2^10, VQ-2^16 and PQ-2x256+DD.
 
-Status: the grid covers our quantizers (plain recipe and remedied: EMA, k-means init, dead-code restarts, and
-ablations of each). Peer quantizers from vector-quantize-pytorch and the token-LM check are not written yet.
+Outputs in `--output_dir`: variants/*.json (one per variant; a re-run skips those already there), token_lm/*.json,
+results.json, results.md, perplexity_vs_codebook_size.png, usage_histogram.png. To use several cores, start the
+same command in several processes (one torch thread each): each claims the next variant nobody is running.
 """
 
 from __future__ import annotations
@@ -325,7 +331,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max_eval_clips", type=int, default=None, help="test clips, evenly spaced (default: all)")
     parser.add_argument("--max_val_clips", type=int, default=None, help="validation clips, evenly spaced (default: all)")
-    parser.add_argument("--lm_steps", type=int, default=None, help="token-LM training steps (default 500)")
+    parser.add_argument("--lm_steps", type=int, default=None, help="token-LM training steps (default 300)")
     parser.add_argument("--lm_batch_size", type=int, default=8, help="token-LM windows of 128 tokens per step")
     parser.add_argument("--max_lm_train_clips", type=int, default=None, help="train clips for the token LM")
     parser.add_argument("--variants", nargs="*", default=None, help="run only these variant names")
@@ -344,7 +350,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.steps is None:
         args.steps = 20 if args.quick else 400
     if args.lm_steps is None:
-        args.lm_steps = 20 if args.quick else 500
+        args.lm_steps = 20 if args.quick else 300
     if args.quick:
         args.hidden_size = min(args.hidden_size, 64)
         args.max_eval_clips = args.max_eval_clips or 40

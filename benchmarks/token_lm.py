@@ -58,7 +58,7 @@ def _batch(windows: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor, torch
     return input_ids, attention_mask, labels
 
 
-def train_and_score(train_sequences, test_sequences, vocab_size: int, *, steps: int = 500, batch_size: int = 8,
+def train_and_score(train_sequences, test_sequences, vocab_size: int, *, steps: int = 300, batch_size: int = 8,
                     context: int = 128, hidden: int = 128, layers: int = 3, heads: int = 4,
                     learning_rate: float = 2e-3, seed: int = 0, frame_rate: float = 62.5) -> dict:
     """Train the tiny GPT-2 on train windows; return test cross-entropy and baselines (nats/bits per frame, bit/s)."""
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--corpus_dir", required=True)
     parser.add_argument("--tokenizers", nargs="+", required=True, help="saved tokenizer folders")
-    parser.add_argument("--steps", type=int, default=500)
+    parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--max_train_clips", type=int, default=None)
     parser.add_argument("--max_test_clips", type=int, default=None)
     parser.add_argument("--output", default=None, help="JSON file for the results")
