@@ -386,6 +386,42 @@ def _composite_counts(model, audios: list[np.ndarray]) -> list[int]:
     return stats.composite_counts.tolist()
 
 
+def targets(summary: dict) -> list[str]:
+    """The issue's targets, checked against the measured rows (only those whose variants ran)."""
+    rows = {row["name"]: row for row in summary["results"]}
+    lines = ["", "## Targets", "", "| target | measured | met |", "|---|---|---|"]
+
+    def add(target: str, measured: str, met: bool) -> None:
+        lines.append(f"| {target} | {measured} | {'yes' if met else '**no**'} |")
+
+    main = rows.get("PQ-2x256+DD")
+    if main:
+        test, n = main["test"], main["composite_size"] ** 0.5
+        usage = test["codebook_usage_fraction"]
+        add("PQ-2x256+DD: >= 99 % of every sub-codebook used (test)",
+            " / ".join(f"{100 * u:.1f} %" for u in usage), min(usage) >= 0.99)
+        ratios = [p / n for p in test["codebook_perplexity"]]
+        val_ratios = [p / n for p in main["validation"]["codebook_perplexity"]]
+        add("PQ-2x256+DD: sub-perplexity >= 0.8 N (test)",
+            " / ".join(f"{r:.2f} N" for r in ratios) + " (validation: " +
+            " / ".join(f"{r:.2f} N" for r in val_ratios) + ")", min(ratios) >= 0.8)
+        lines.append(f"| PQ-2x256+DD: composite perplexity vs product of sub-perplexities |"
+                     f" {test['composite_perplexity']:,.0f} vs {test['product_of_codebook_perplexities']:,.0f} | - |")
+        for other in ["VQ-2^16"] + [name for name in rows if name.startswith("peer ")]:
+            if other in rows:
+                theirs, ours = rows[other]["test"]["log_mel_l1"], test["log_mel_l1"]
+                speed = rows[other]["train_seconds"] / main["train_seconds"]
+                add(f"PQ-2x256+DD test mel L1 <= {other} ({rows[other]['bits_per_second']:.0f} bit/s)",
+                    f"{ours:.3f} vs {theirs:.3f} ({100 * (ours - theirs) / theirs:+.1f} %); PQ-2x256+DD trains"
+                    f" {speed if speed >= 1 else 1 / speed:.2f}x {'faster' if speed >= 1 else 'slower'}", ours <= theirs)
+    for name in ("PQ-4x32+DD (2^20)", "PQ-3x256+DD (2^24)", "PQ-4x64+DD (2^24)"):
+        if name in rows:
+            usage = rows[name]["test"]["codebook_usage_fraction"]
+            add(f"{name}: >= 95 % of every sub-codebook used (test)",
+                " / ".join(f"{100 * u:.1f} %" for u in usage), min(usage) >= 0.95)
+    return lines if len(lines) > 5 else []
+
+
 def to_markdown(summary: dict) -> str:
     eval_note = (f"{summary['max_eval_clips']} evenly spaced test clips" if summary["max_eval_clips"] else "whole test split")
     lines = [f"# Index collapse ({summary['command']})", "",
@@ -407,6 +443,7 @@ def to_markdown(summary: dict) -> str:
                      f" {test['product_of_codebook_perplexities']:,.0f} | {test['log_mel_l1']:.3f} |"
                      f" {test['log_mel_l2']:.3f} | {val['log_mel_l1']:.3f} | {val_perplexity} |"
                      f" {row['train_seconds']:.0f} |")
+    lines += targets(summary)
     if summary.get("token_lm"):
         lines += ["", "## Token LM (tiny GPT-2 on train-split composite ids, scored on the test split)", "",
                   "| tokenizer | vocabulary | LM parameters | test bits / frame | test bits / s | unigram bits / frame |"
