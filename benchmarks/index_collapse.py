@@ -82,8 +82,7 @@ def variants(quick: bool) -> list[tuple[str, str, dict]]:
     for bits in (10, 12, 14):
         n = 2 ** (bits // 2)
         grid += [(f"VQ-2^{bits}", "VQ", vq(2**bits)),
-                 (f"PQ-2x{n}+DD", "PQ+DD", pq(2, n)),
-                 (f"PQ-2x{n}", "PQ", pq(2, n, dd=False))]
+                 (f"PQ-2x{n}+DD", "PQ+DD", pq(2, n))]
     grid += [
         ("PQ-2x256+DD no EMA", "ablation", pq(2, 256, use_ema=False)),
         ("PQ-2x256+DD no k-means", "ablation", pq(2, 256, kmeans_init=False)),
@@ -99,7 +98,8 @@ def variants(quick: bool) -> list[tuple[str, str, dict]]:
 def extra_variants() -> list[tuple[str, str, dict]]:
     """Defined but left out of the default grid to fit the CPU budget; run them with --variants NAME ..."""
     pq = dict(quantizer_type="pq", **REMEDIES, **DD)
-    return [
+    return [(f"PQ-2x{n}", "PQ", dict(pq, num_codebooks=2, codebook_size=n, dual_decoding_weight=0.0))
+            for n in (32, 64, 128)] + [
         ("PQ-4x8+DD", "PQ+DD (M=4)", dict(pq, num_codebooks=4, codebook_size=8)),
         ("PQ-3x256+DD (2^24)", "PQ+DD (M=3)", dict(pq, num_codebooks=3, codebook_size=256, codebook_dim=63)),
         ("PQ-2x256+DD cosine", "ablation", dict(pq, num_codebooks=2, codebook_size=256, use_cosine_codebook=True)),

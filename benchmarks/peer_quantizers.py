@@ -66,8 +66,13 @@ class PeerQuantizer(nn.Module):
                                codebook_loss=loss.sum() if loss.dim() else loss, commitment_loss=zero)
 
     @torch.no_grad()
-    def encode(self, latents: torch.Tensor) -> torch.Tensor:
-        return self._quantize(latents, None)[1].long()[:, None, :]
+    def encode(self, latents: torch.Tensor, frames_per_call: int = 1024) -> torch.Tensor:
+        # In chunks of frames: a whole padded batch of long clips against 65,536 codewords made VectorQuantize
+        # allocate 22 GB (the process was OOM-killed in the first full run).
+        rows = latents.reshape(1, -1, latents.shape[-1])
+        indices = torch.cat([self._quantize(rows[:, start:start + frames_per_call], None)[1].reshape(-1)
+                             for start in range(0, rows.shape[1], frames_per_call)])
+        return indices.long().view(latents.shape[0], 1, latents.shape[1])
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         indices = codes[:, 0]
