@@ -149,16 +149,23 @@ def plot(results: list[dict], histograms: dict, output_dir: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axis = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
-    for method in sorted({r["method"] for r in results} - {"ablation"}):
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8), constrained_layout=True)
+    methods = sorted({r["method"] for r in results} - {"ablation"})
+    markers = dict(zip(methods, "osD^v<>pPX*hH8"))
+    for method in methods:
         rows = sorted((r for r in results if r["method"] == method), key=lambda r: r["composite_size"])
-        axis.plot([math.log2(r["composite_size"]) for r in rows], [r["test"]["composite_perplexity"] for r in rows],
-                  marker="o", label=method)
-    axis.set_yscale("log")
-    axis.set_xlabel("log2 composite codebook size")
-    axis.set_ylabel("composite perplexity (test split)")
-    axis.legend()
-    axis.grid(alpha=0.3)
+        sizes = [math.log2(r["composite_size"]) for r in rows]
+        style = dict(marker=markers[method], label=method, linestyle="--" if "plain" in method else "-")
+        axes[0].plot(sizes, [r["test"]["composite_perplexity"] for r in rows], **style)
+        axes[1].plot(sizes, [r["test"]["log_mel_l1"] for r in rows], **style)
+    axes[0].set_yscale("log")
+    axes[0].set_ylabel("composite perplexity (test split)")
+    axes[1].set_ylabel("log-mel L1 of decoded tokens (test split)")
+    for axis in axes:
+        axis.set_xlabel("log2 composite codebook size (bits per frame)")
+        axis.grid(alpha=0.3)
+    axes[1].legend(fontsize=8, ncol=2)
+    fig.suptitle("Index collapse benchmark: same backbone, data, steps and seed for every quantizer")
     fig.savefig(os.path.join(output_dir, "perplexity_vs_codebook_size.png"), dpi=110)
     plt.close(fig)
     if histograms:
