@@ -34,7 +34,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)  # peer_quantizers, token_lm
 
-# Chosen by a 400-step pilot (PQ-2x256+DD, pilot numbers in benchmarks/README.md).
+# The first and only value tried (no tuning); the "no entropy loss" ablation measures what it does.
 ENTROPY_WEIGHT = 0.1
 
 PLAIN = dict(use_ema=False, kmeans_init=False, dead_code_threshold=0.0, entropy_loss_weight=0.0)
