@@ -187,7 +187,7 @@ def _slug(name: str) -> str:
 
 
 def _load_eval_audio(args) -> dict:
-    from pqvae_hf.data import decode_audio, load_audio_dataset
+    from pqvae_hf.data import decode_audio
 
     limits = {"test": args.max_eval_clips, "validation": args.max_val_clips}
     return {split: [decode_audio(cell, 16000) for cell in _spread_subset(args, split, limit)["audio"]]
@@ -268,7 +268,7 @@ def run_token_lm(args, names) -> None:
     from token_lm import composite_sequences, train_and_score
 
     from pqvae_hf import PQVAEModel
-    from pqvae_hf.data import decode_audio, load_audio_dataset
+    from pqvae_hf.data import decode_audio
 
     lm_dir = os.path.join(args.output_dir, "token_lm")
     os.makedirs(lm_dir, exist_ok=True)
@@ -276,7 +276,6 @@ def run_token_lm(args, names) -> None:
     todo = [n for n in todo if os.path.isdir(os.path.join(args.output_dir, "runs", _slug(n)))]
     if not todo:
         return
-    source = dict(dataset_dir=args.corpus_dir, split_column="split")
     audio = {split: [decode_audio(cell, 16000) for cell in _spread_subset(args, split, limit)["audio"]]
              for split, limit in (("train", args.max_lm_train_clips), ("test", args.max_eval_clips))}
     for name in todo:
