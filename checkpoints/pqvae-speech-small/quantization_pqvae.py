@@ -193,6 +193,11 @@ def kmeans(samples: torch.Tensor, num_clusters: int, num_iters: int, generator: 
     return centroids
 
 
+def _distances_without_input_norm(x: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    """||c||^2 - 2 x.c for x (G, n, d) and codebook (G, N, d) -> (G, n, N): squared distances minus ||x||^2."""
+    return torch.baddbmm((codebook**2).sum(-1)[:, None, :], x, codebook.transpose(1, 2), alpha=-2.0)
+
+
 class VectorQuantizerGroup(nn.Module):
     """G independent codebooks of N codewords of dim d, searched in parallel.
 
@@ -257,12 +262,8 @@ class VectorQuantizerGroup(nn.Module):
     def search(self, latents: torch.Tensor) -> torch.Tensor:
         """Nearest codeword per group. latents (n, G, d) -> codes (n, G) int64, by squared L2 (or cosine)."""
         x = self._normalized(latents).transpose(0, 1)  # (G, n, d)
-        codebook = self._normalized(self.codebook)
         # argmin ||x - c||^2 = argmin (||c||^2 - 2 x.c): ||x||^2 is constant per row and skipped.
-        scores = torch.baddbmm(
-            (codebook**2).sum(-1)[:, None, :], x, codebook.transpose(1, 2), beta=1.0, alpha=-2.0
-        )  # (G, n, N)
-        return scores.argmin(dim=-1).transpose(0, 1)
+        return _distances_without_input_norm(x, self._normalized(self.codebook)).argmin(dim=-1).transpose(0, 1)
 
     def lookup(self, codes: torch.Tensor) -> torch.Tensor:
         """codes (n, G) -> codewords (n, G, d)."""
@@ -323,9 +324,8 @@ class VectorQuantizerGroup(nn.Module):
         Its gradient reaches the encoder only; codewords move by EMA / their own loss. Lies in [-1, 1].
         """
         x = self._normalized(valid_latents).transpose(0, 1)  # (G, n, d)
-        codebook = self._normalized(self.codebook).detach()
-        distances = torch.baddbmm((codebook**2).sum(-1)[:, None, :], x, codebook.transpose(1, 2), alpha=-2.0)
-        distances = distances + (x**2).sum(-1, keepdim=True)  # (G, n, N)
+        distances = _distances_without_input_norm(x, self._normalized(self.codebook).detach())
+        distances = distances + (x**2).sum(-1, keepdim=True)  # (G, n, N) squared distances
         scale = distances.detach().min(dim=-1).values.mean(dim=-1).clamp_min(1e-8)[:, None, None]
         log_probs = F.log_softmax(-distances / (temperature * scale), dim=-1)
         probs = log_probs.exp()
@@ -420,14 +420,6 @@ class ProductQuantizer(nn.Module):
             self.register_buffer("rotation_initialized", torch.tensor(False))
             self.register_buffer("ema_cross_covariance", torch.zeros(codebook_dim, codebook_dim))
             self.register_buffer("rotation_steps", torch.tensor(0, dtype=torch.int64))
-
-    def reset_rotation(self) -> None:
-        if self.subspace_rotation == "opq":
-            with torch.no_grad():
-                self.rotation.copy_(torch.eye(self.codebook_dim))
-                self.rotation_initialized.fill_(False)
-                self.ema_cross_covariance.zero_()
-                self.rotation_steps.zero_()
 
     def _rotate(self, latents: torch.Tensor) -> torch.Tensor:
         if self.subspace_rotation != "opq":
