@@ -265,9 +265,8 @@ def _claim(result_path: str) -> bool:
 
 def run_token_lm(args, names) -> None:
     """Token-LM check on the saved tokenizers of TOKEN_LM_VARIANTS; one JSON per tokenizer in output_dir/token_lm."""
-    from token_lm import composite_sequences, train_and_score
+    from token_lm import score_tokenizer
 
-    from pqvae_hf import PQVAEModel
     from pqvae_hf.data import decode_audio
 
     lm_dir = os.path.join(args.output_dir, "token_lm")
@@ -283,12 +282,8 @@ def run_token_lm(args, names) -> None:
         if (os.path.exists(result_path) and not args.force) or not _claim(result_path):
             continue
         print(f"[index-collapse] token LM on {name}", file=sys.stderr, flush=True)
-        tokenizer = PQVAEModel.from_pretrained(os.path.join(args.output_dir, "runs", _slug(name))).eval()
-        result = train_and_score(composite_sequences(tokenizer, audio["train"]),
-                                 composite_sequences(tokenizer, audio["test"]),
-                                 tokenizer.config.composite_codebook_size, steps=args.lm_steps,
-                                 batch_size=args.lm_batch_size, seed=args.seed,
-                                 frame_rate=tokenizer.config.frame_rate)
+        result = score_tokenizer(os.path.join(args.output_dir, "runs", _slug(name)), audio, steps=args.lm_steps,
+                                 batch_size=args.lm_batch_size, seed=args.seed)
         with open(result_path, "w") as handle:
             json.dump({"name": name, **result}, handle, indent=1)
         os.remove(result_path + ".claim")

@@ -127,6 +127,16 @@ def train_and_score(train_sequences, test_sequences, vocab_size: int, *, steps: 
     }
 
 
+def score_tokenizer(folder: str, audio: dict[str, list[np.ndarray]], **lm_options) -> dict:
+    """Tokenize audio["train"] / audio["test"] with the saved tokenizer in `folder`; train and score the LM on them."""
+    from pqvae_hf import PQVAEModel
+
+    tokenizer = PQVAEModel.from_pretrained(folder).eval()
+    return train_and_score(composite_sequences(tokenizer, audio["train"]), composite_sequences(tokenizer, audio["test"]),
+                           tokenizer.config.composite_codebook_size, frame_rate=tokenizer.config.frame_rate,
+                           **lm_options)
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--corpus_dir", required=True)
@@ -136,19 +146,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--max_test_clips", type=int, default=None)
     parser.add_argument("--output", default=None, help="JSON file for the results")
     args = parser.parse_args(argv)
-    from pqvae_hf import PQVAEModel
     from pqvae_hf.data import decode_audio, load_audio_dataset
 
     source = dict(dataset_dir=args.corpus_dir, split_column="split")
     audio = {split: [decode_audio(cell, 16000) for cell in load_audio_dataset(
         split=split, max_samples=limit, **source)["audio"]]
         for split, limit in (("train", args.max_train_clips), ("test", args.max_test_clips))}
-    results = {}
-    for path in args.tokenizers:
-        tokenizer = PQVAEModel.from_pretrained(path).eval()
-        results[os.path.basename(path.rstrip("/"))] = train_and_score(
-            composite_sequences(tokenizer, audio["train"]), composite_sequences(tokenizer, audio["test"]),
-            tokenizer.config.composite_codebook_size, steps=args.steps, frame_rate=tokenizer.config.frame_rate)
+    results = {os.path.basename(path.rstrip("/")): score_tokenizer(path, audio, steps=args.steps)
+               for path in args.tokenizers}
     print(json.dumps(results, indent=2))
     if args.output:
         with open(args.output, "w") as handle:
