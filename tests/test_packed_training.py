@@ -1,0 +1,137 @@
+"""Packed corpus (shards + index) and the single-process tokenizer / adversarial vocoder training on it."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import TINY_OVERRIDES
+from pqvae_hf.data import read_audio_file, to_model_audio
+from pqvae_hf.discriminators import (
+    MultiPeriodDiscriminator,
+    MultiResolutionDiscriminator,
+    discriminator_loss,
+    feature_matching_loss,
+)
+from pqvae_hf.packed_corpus import build, load_split
+from pqvae_hf.packed_training import CropSampler, Schedule, load_parts, load_tokenizer, main, parse_overrides, save_parts
+
+
+@pytest.fixture(scope="module")
+def pack(audiofolder, tmp_path_factory):
+    directory = tmp_path_factory.mktemp("pack")
+    build(str(audiofolder), str(directory), ["train", "validation"], sampling_rate=8000, num_shards=3, codec="flac",
+          num_workers=1)
+    return directory
+
+
+def test_pack_round_trip_is_exact_with_flac(audiofolder, pack, tmp_path):
+    audio, clips, rate = load_split(str(pack), "train", num_workers=1)
+    assert rate == 8000 and len(clips) == 24
+    with open(audiofolder / "metadata.csv") as handle:
+        names = [line.split(",")[0] for line in handle.read().splitlines()[1:25]]
+    for clip, name in zip(clips, names):
+        original = to_model_audio(*read_audio_file(str(audiofolder / name)), 8000)
+        assert clip["file_name"] == name and clip["length"] == len(original)
+        piece = audio[clip["start"]: clip["start"] + clip["length"]]
+        np.testing.assert_allclose(piece, original, atol=1.5 / 32768)  # 16-bit FLAC
+    # The decoded cache is reused and gives the same split.
+    first = load_split(str(pack), "validation", 1, str(tmp_path))
+    again = load_split(str(pack), "validation", 1, str(tmp_path))
+    assert os.path.isfile(tmp_path / "validation.npy")
+    np.testing.assert_array_equal(first[0], again[0])
+    assert first[1] == again[1]
+    with pytest.raises(ValueError, match="Split 'test' is not in"):
+        load_split(str(pack), "test", 1)
+
+
+def test_crop_sampler_masks_short_clips_and_limits_the_peak():
+    audio = np.concatenate([np.full(100, 0.5, np.float32), np.full(1000, -0.9, np.float32)])
+    clips = [{"start": 0, "length": 100}, {"start": 100, "length": 1000}]
+    sampler = CropSampler(audio, clips, 400, torch.device("cpu"), torch.Generator().manual_seed(0))
+    batch, mask = sampler.batch(64)
+    lengths = mask.sum(1)
+    assert set(lengths.tolist()) == {100, 400}
+    assert bool((batch[mask == 0] == 0).all())
+    assert float(batch.abs().max()) <= 0.99 + 1e-6
+    # Short clips are drawn in proportion to their length: 100 / (100 + 400) of the time, about 13 of 64.
+    assert 4 <= int((lengths == 100).sum()) <= 24
+
+
+def test_schedule_ends_low_when_the_time_budget_runs_out():
+    schedule = Schedule(max_steps=1000, warmup_steps=10, time_budget_s=60.0)
+    assert schedule.factor(0, 0.0) == pytest.approx(0.1)
+    assert schedule.factor(500, 0.0) == pytest.approx(0.5)
+    assert schedule.factor(100, 59.999) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_parse_overrides_types():
+    assert parse_overrides("dual_decoding_weight=0,num_encoder_layers=6,vocoder=none,use_ema=false,mel_fmax=none") == {
+        "dual_decoding_weight": 0.0, "num_encoder_layers": 6, "vocoder": "none", "use_ema": False, "mel_fmax": None}
+    assert isinstance(parse_overrides("dual_decoding_weight=0")["dual_decoding_weight"], float)
+    with pytest.raises(ValueError, match="name=value"):
+        parse_overrides("num_encoder_layers")
+
+
+def test_save_parts_splits_and_joins(tmp_path):
+    state = {f"w{i}": torch.randn(1000) for i in range(5)}  # 4,000 bytes each
+    paths = save_parts(state, str(tmp_path), "model", max_bytes=9000)
+    assert len(paths) == 3
+    joined = load_parts(str(tmp_path), "model")
+    assert all(torch.equal(joined[k], v) for k, v in state.items())
+    with pytest.raises(FileNotFoundError, match="No other-part"):
+        load_parts(str(tmp_path), "other")
+
+
+def _tokenizer_args(pack, out, steps, *extra):
+    return ["tokenizer", "--pack_dir", str(pack), "--output_dir", str(out), "--device", "cpu", "--num_workers", "1",
+            "--max_steps", str(steps), "--batch_size", "4", "--crop_seconds", "0.5", "--warmup_steps", "2",
+            "--logging_steps", "2", "--eval_steps", "3", "--config_overrides", TINY_OVERRIDES + ",vocoder=none",
+            *extra]
+
+
+def test_tokenizer_training_resumes_exactly(pack, tmp_path):
+    assert main(_tokenizer_args(pack, tmp_path / "whole", 6)) == 0
+    assert main(_tokenizer_args(pack, tmp_path / "cut", 6, "--stop_at_step", "3")) == 0
+    assert json.loads((tmp_path / "cut" / "log.json").read_text())["train"][-1]["step"] == 2
+    assert main(_tokenizer_args(pack, tmp_path / "cut", 6, "--resume")) == 0
+    whole, resumed = load_parts(str(tmp_path / "whole"), "tokenizer"), load_parts(str(tmp_path / "cut"), "tokenizer")
+    assert whole.keys() == resumed.keys()
+    for key in whole:
+        torch.testing.assert_close(resumed[key], whole[key], msg=key)
+    log = json.loads((tmp_path / "whole" / "log.json").read_text())
+    assert log["steps"] == 6 and len(log["eval"]) == 2
+    assert 0 < log["final_eval"]["mel_l1"] < 10 and log["final_eval"]["composite_usage"] >= 1
+    model = load_tokenizer(str(tmp_path / "whole"))
+    assert model.config.codebook_size == 16 and not model.training
+
+
+def test_adversarial_vocoder_on_decoded_mels(pack, tmp_path):
+    main(_tokenizer_args(pack, tmp_path / "tok", 2))
+    args = ["vocoder", "--pack_dir", str(pack), "--output_dir", str(tmp_path / "voc"), "--device", "cpu",
+            "--num_workers", "1", "--max_steps", "2", "--batch_size", "2", "--segment_seconds", "0.25",
+            "--tokenizer", str(tmp_path / "tok"), "--decoded_mel_fraction", "0.5", "--eval_steps", "2",
+            "--logging_steps", "1", "--eval_clips", "2", "--config_overrides",
+            "vocoder_hidden_size=16,vocoder_intermediate_size=32,vocoder_num_layers=1"]
+    assert main(args) == 0
+    log = json.loads((tmp_path / "voc" / "log.json").read_text())
+    assert set(log["final_eval"]) == {"step", "true_mel", "token_mel"}
+    assert {"adversarial", "feature_matching", "discriminator"} <= set(log["train"][0])
+    state = load_parts(str(tmp_path / "voc"), "vocoder")
+    assert all(key.startswith("vocoder.") for key in state)
+    with pytest.raises(SystemExit):
+        main(args[:-2] + ["--tokenizer", "", "--decoded_mel_fraction", "0.5"])
+
+
+def test_discriminators_score_each_sub_discriminator_and_losses_vanish_when_matched():
+    waveform = torch.randn(2, 4000)
+    for discriminator in (MultiPeriodDiscriminator(), MultiResolutionDiscriminator()):
+        scores, features = discriminator(waveform)
+        assert len(scores) == len(features) == len(discriminator.discriminators)
+        assert all(s.shape[0] == 2 for s in scores)
+        assert float(feature_matching_loss(features, features)) == 0.0
+    ones, zeros = [torch.ones(2, 3)], [torch.zeros(2, 3)]
+    assert float(discriminator_loss(ones, zeros)) == 0.0
+    assert float(discriminator_loss(zeros, ones)) == 2.0
