@@ -104,8 +104,24 @@ def build_model(args: ModelArguments) -> tuple[PQVAEModel, PQVAEProcessor]:
     return model, processor
 
 
-def main(argv: list[str] | None = None) -> dict:
+def require_training_extras() -> None:
+    """`pqvae-train` needs the `train` extra (accelerate, datasets): say how to get it, not transformers' message."""
+    missing = []
+    for name in ("accelerate", "datasets"):
+        try:
+            __import__(name)
+        except ImportError:
+            missing.append(name)
+    if missing:
+        raise SystemExit(f"pqvae-train needs the training extras, which are not installed (missing: {', '.join(missing)})."
+                         ' Install them with: pip install "pqvae-hf[train]" (in a source checkout: pip install -e'
+                         ' ".[train]").')
+
+
+def run(argv: list[str] | None = None) -> dict:
+    """Parses the arguments, trains and/or evaluates, and returns the metrics (what `main` logs)."""
     argv = sys.argv[1:] if argv is None else argv
+    require_training_extras()
     parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
     if len(argv) == 1 and argv[0].endswith(".json"):
         model_args, data_args, training_args = parser.parse_json_file(os.path.abspath(argv[0]))
@@ -192,6 +208,16 @@ def main(argv: list[str] | None = None) -> dict:
     return results
 
 
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point (`pqvae-train`): exit status 0 on success; a bad argument or bad data exits non-zero with
+    the reason (no traceback)."""
+    try:
+        run(argv)
+    except (ValueError, FileNotFoundError) as error:
+        raise SystemExit(f"pqvae-train: {error}")
+    return 0
+
+
 def _hours(dataset) -> float:
     if "duration_s" in dataset.column_names:
         return float(sum(dataset["duration_s"])) / 3600
@@ -200,4 +226,4 @@ def _hours(dataset) -> float:
 
 if __name__ == "__main__":
     torch.set_float32_matmul_precision("high")
-    main()
+    sys.exit(main())
