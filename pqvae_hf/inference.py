@@ -42,18 +42,14 @@ def load_model(path: str | None = None, device: str | torch.device = "cpu") -> P
 
 
 def load_audio(path: str, sampling_rate: int, log=print) -> np.ndarray:
-    """Reads wav/flac/ogg/opus with soundfile; downmixes and resamples explicitly, saying so."""
+    """Reads wav/flac/ogg/opus with soundfile; downmixes and resamples explicitly, saying so. A missing, empty,
+    truncated, undecodable or non-finite file raises `BadAudioError` naming it (see `data.read_audio_file`)."""
     audio, rate = read_audio_file(path)
     if audio.ndim == 2 and audio.shape[1] > 1:
         log(f"{os.path.basename(path)}: {audio.shape[1]} channels, averaging them to mono")
     if rate != sampling_rate:
         log(f"{os.path.basename(path)}: resampling {rate} Hz -> {sampling_rate} Hz (soxr, high quality)")
-    audio = to_model_audio(audio, rate, sampling_rate)
-    if audio.size == 0:
-        raise ValueError(f"{path} contains no samples.")
-    if not np.isfinite(audio).all():
-        raise ValueError(f"{path} contains NaN or Inf samples.")
-    return audio
+    return to_model_audio(audio, rate, sampling_rate)
 
 
 def encoder_context_frames(config) -> int:

@@ -54,7 +54,7 @@ def test_cli_errors_are_clear(tmp_path):
     (tmp_path / "bad.wav").write_bytes(b"RIFF but not audio")
     process = subprocess.run([sys.executable, "-m", "pqvae_hf.cli", "tokenize", str(tmp_path / "bad.wav"),
                               "--model", path], capture_output=True, text=True)
-    assert process.returncode != 0 and "Could not decode audio" in process.stderr
+    assert process.returncode != 0 and "bad.wav could not be decoded (" in process.stderr
     process = subprocess.run([sys.executable, "-m", "pqvae_hf.cli", "info", "--model", str(tmp_path / "nothing/x")],
                              capture_output=True, text=True)
     assert process.returncode != 0 and "does not exist" in process.stderr
