@@ -211,6 +211,68 @@ def decode_audio(value, target_rate: int | None, notes: AudioDecodeNotes | None 
     raise TypeError(f"Cannot decode audio of type {type(value).__name__}.")
 
 
+def resampled_length(num_samples: int, rate: int, target_rate: int) -> int:
+    """How many samples soxr makes of `num_samples` at `rate` (one-shot and streamed alike)."""
+    return num_samples if rate == target_rate else int(num_samples * target_rate / rate + 0.5)
+
+
+def audio_num_samples(value, target_rate: int, row: int | None = None, split: str | None = None) -> int:
+    """Length at `target_rate` from the file header, without decoding (to sort clips by length)."""
+    name, fix = describe_audio(value, row, split), SKIP_HINT if row is not None else ""
+    source = value if isinstance(value, (str, os.PathLike)) else None
+    if isinstance(value, dict):
+        if value.get("array") is not None:
+            return resampled_length(np.asarray(value["array"]).shape[-1], int(value["sampling_rate"]), target_rate)
+        source = value["bytes"] if value.get("bytes") is not None else value.get("path")
+    if source is None:
+        return decode_audio(value, target_rate, row=row, split=split).shape[0]
+    with _open_audio(source, name, fix) as handle:
+        return resampled_length(handle.frames, handle.samplerate, target_rate)
+
+
+def iter_audio_blocks(value, target_rate: int, block_seconds: float = 10.0, notes: AudioDecodeNotes | None = None,
+                      row: int | None = None, split: str | None = None):
+    """Mono float32 blocks at `target_rate`, streamed: memory does not grow with the file's length.
+
+    Concatenated, the blocks equal `decode_audio(value, target_rate)` exactly (same reader, checks, downmix; soxr's
+    streaming resampler gives the same samples as its one-shot call).
+    """
+    name, fix = describe_audio(value, row, split), SKIP_HINT if row is not None else ""
+    source = value if isinstance(value, (str, os.PathLike)) else None
+    if isinstance(value, dict) and value.get("array") is None:
+        source = value["bytes"] if value.get("bytes") is not None else value.get("path")
+    if source is None:  # already decoded in memory (arrays, torchcodec): nothing to stream
+        audio = decode_audio(value, target_rate, notes, row, split)
+        step = max(1, int(block_seconds * target_rate))
+        yield from (audio[start : start + step] for start in range(0, audio.shape[0], step))
+        return
+    with _open_audio(source, name, fix) as handle:
+        rate, channels, expected = handle.samplerate, handle.channels, handle.frames
+        if notes is not None and channels > 1:
+            notes.downmixed += 1
+        if notes is not None and rate != target_rate:
+            notes.resampled[rate] += 1
+        stream = soxr.ResampleStream(rate, target_rate, 1, dtype="float32", quality="HQ") if rate != target_rate \
+            else None
+        read = 0
+        try:
+            for block in handle.blocks(blocksize=max(1, int(block_seconds * rate)), dtype="float32", always_2d=True):
+                read += block.shape[0]
+                block = _checked(block, name, fix)
+                mono = block.mean(axis=1) if channels > 1 else np.ascontiguousarray(block[:, 0])
+                yield stream.resample_chunk(mono) if stream is not None else mono
+        except BadAudioError:
+            raise
+        except Exception as error:
+            raise BadAudioError(name, f"could not be decoded ({_reason(error)})",
+                                f"The file is corrupt or cut off; re-copy or re-export it{fix}") from None
+        if read < expected:
+            raise BadAudioError(name, f"is truncated: its header declares {expected / rate:.2f} s of audio but only"
+                                f" {read / rate:.2f} s could be decoded", f"Re-copy or re-export the file{fix}")
+        if stream is not None:
+            yield stream.resample_chunk(np.zeros(0, np.float32), last=True)
+
+
 class BadAudioReport:
     """Files skipped with `skip_bad_audio`: logged one by one as found, counted, and written as JSON."""
 

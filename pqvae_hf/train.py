@@ -186,7 +186,7 @@ def run(argv: list[str] | None = None) -> dict:
     train_collator = AudioCollator(config.sampling_rate, data_args.audio_column, data_args.crop_seconds,
                                    random_crop=True, seed=training_args.seed, split=data_args.train_split)
     eval_collator = AudioCollator(config.sampling_rate, data_args.audio_column, data_args.eval_crop_seconds,
-                                  random_crop=False, split=data_args.eval_split)
+                                  random_crop=False)
     command = "pqvae-train " + " ".join(argv)
     trainer = PQVAETrainer(
         model=model,
@@ -195,6 +195,8 @@ def run(argv: list[str] | None = None) -> dict:
         eval_dataset=eval_dataset,
         data_collator=train_collator,
         eval_data_collator=eval_collator,
+        eval_chunk_seconds=data_args.eval_chunk_seconds,
+        eval_split_names={"eval": data_args.eval_split, "test": data_args.test_split},
         processor=processor,
         callbacks=[EpochSetterCallback(train_collator)],
         model_card_info={
