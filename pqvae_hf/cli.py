@@ -105,13 +105,20 @@ def plot_mels(reference_mel: np.ndarray, reconstructed_mel: np.ndarray, path: st
     plt.close(fig)
 
 
+def waveform_metrics(model, reference: np.ndarray, waveform: np.ndarray) -> dict:
+    """The log-mel distance of a vocoded waveform to the input (`waveform_mel_l1/l2`), plus STOI and PESQ."""
+    from .metrics import intelligibility_and_quality, log_mel_distances
+
+    distances = log_mel_distances(model, reference, waveform)
+    return {"waveform_mel_l1": distances["log_mel_l1"], "waveform_mel_l2": distances["log_mel_l2"],
+            **intelligibility_and_quality(reference, waveform, model.config.sampling_rate)}
+
+
 def cmd_reconstruct(args) -> dict:
     require_audio_file(args.audio)
     model = load_model(args.model)
     config = model.config
     audio = load_audio(args.audio, config.sampling_rate, log=_log)
-    from .metrics import intelligibility_and_quality, log_mel_distances
-
     start = time.time()
     codes = encode_long(model, audio, chunk_seconds=args.chunk_seconds, progress=True)
     encode_seconds = time.time() - start
@@ -121,6 +128,9 @@ def cmd_reconstruct(args) -> dict:
     decode_seconds = time.time() - start
     if waveform is None:
         raise SystemExit("This model has vocoder='none'; nothing to write. Load it with vocoder='griffin_lim'.")
+    if len(audio) < config.hop_length:
+        _log(f"{args.audio} is shorter than one frame hop ({len(audio)} < {config.hop_length} samples): the vocoder"
+             " makes no samples from a single frame, so the output is silence")
     reconstruction = waveform.numpy()
     peak = float(np.abs(reconstruction).max())
     if peak > 1.0:  # writing PCM would clip; scale down and say so rather than distort silently
@@ -142,25 +152,26 @@ def cmd_reconstruct(args) -> dict:
         "vocoder": config.vocoder,
         "encode_realtime_factor": round(seconds / max(encode_seconds, 1e-9), 1),
         "decode_realtime_factor": round(seconds / max(decode_seconds, 1e-9), 1),
-        "token_mel_l1": float((mel - input_mel).abs().mean()),
-        **log_mel_distances(model, audio, waveform.numpy()),
-        **intelligibility_and_quality(audio, waveform.numpy(), config.sampling_rate),
+        # Two different mel distances to the input's log-mel: the decoder's output (what the tokens carry) and the
+        # log-mel of the written waveform (what the vocoder made of it).
+        "decoded_mel_l1": float((mel - input_mel).abs().mean()),
+        **waveform_metrics(model, audio, waveform.numpy()),
     }
     if args.compare_griffin_lim and config.vocoder != "griffin_lim":
         from .modeling.modeling_pqvae import GriffinLim
 
         griffin_lim = GriffinLim(config, model.front_end)
         with torch.no_grad():
-            baseline = griffin_lim(mel[None].to(model.device))[0].cpu().numpy()
+            baseline = griffin_lim(mel[None].to(model.device))[0].cpu().numpy() if mel.shape[-1] > 1 else np.zeros(0)
         baseline = np.pad(baseline, (0, max(0, len(audio) - len(baseline))))[: len(audio)]
-        summary["griffin_lim"] = {**log_mel_distances(model, audio, baseline),
-                                  **intelligibility_and_quality(audio, baseline, config.sampling_rate)}
+        summary["griffin_lim"] = waveform_metrics(model, audio, baseline)
         if args.output.endswith(".wav"):
-            sf.write(args.output[:-4] + "_griffin_lim.wav", np.clip(baseline, -1, 1), config.sampling_rate)
+            summary["griffin_lim_output"] = args.output[:-4] + "_griffin_lim.wav"
+            sf.write(summary["griffin_lim_output"], np.clip(baseline, -1, 1), config.sampling_rate)
     if args.plot:
         plot_mels(input_mel.numpy(), mel.numpy(), args.plot,
                   f"{os.path.basename(args.audio)}: {config.num_codebooks} x {config.codebook_size} codes,"
-                  f" {config.bits_per_second:g} bit/s, log-mel L1 {summary['token_mel_l1']:.3f}")
+                  f" {config.bits_per_second:g} bit/s, decoded log-mel L1 {summary['decoded_mel_l1']:.3f}")
         summary["plot"] = args.plot
     print(json.dumps(summary, indent=2))
     return summary
@@ -181,7 +192,11 @@ def cmd_demo(args) -> dict:
     summary = cmd_reconstruct(reconstruct_args)
     with open(os.path.join(out_dir, "summary.json"), "w") as handle:
         json.dump(summary, handle, indent=2)
-    _log(f"Demo outputs in {out_dir}: codes.json, reconstruction.wav, mel_comparison.png, summary.json")
+    written = [tokenize_args.out, summary["output"], summary.get("griffin_lim_output"), summary.get("plot"),
+               os.path.join(out_dir, "summary.json")]
+    _log(f"Demo outputs in {out_dir}: {', '.join(os.path.basename(path) for path in written if path)}")
+    _log("decoded_mel_l1: log-mel L1 of the decoder's output (the tokens) vs the input; waveform_mel_l1: of the"
+         " written waveform (after the vocoder) vs the input")
     return summary
 
 

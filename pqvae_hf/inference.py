@@ -121,6 +121,8 @@ def vocode_long(model: PQVAEModel, mel: torch.Tensor, chunk_frames: int, progres
     boundaries, far from the edges that a chunk's own padding affects."""
     hop = model.config.hop_length
     num_frames = mel.shape[-1]
+    if num_frames < 2:  # (F - 1) * hop = 0 samples: nothing to vocode (Griffin-Lim's istft cannot take it)
+        return torch.zeros(0)
     if num_frames <= chunk_frames:
         return model.vocoder(mel[None].to(model.device))[0].cpu()
     context = max(16, 2 * math.ceil(model.config.n_fft / hop))
