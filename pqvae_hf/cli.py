@@ -228,10 +228,10 @@ def cmd_tokenize_dataset(args) -> dict:
         try:
             tokens.push_to_hub(args.push_to_hub)
         except Exception as error:  # network, auth, offline mode: the saved copy is what matters now
-            summary["push_failed"] = f"{type(error).__name__}: {error}"
+            summary["push_failed"] = f"{type(error).__name__}: {str(error).rstrip('.')}"
             print(json.dumps(summary, indent=2))
             raise SystemExit(
-                f"pqvae tokenize-dataset: pushing to {args.push_to_hub} failed ({type(error).__name__}: {error})."
+                f"pqvae tokenize-dataset: pushing to {args.push_to_hub} failed ({summary['push_failed']})."
                 f" Nothing is lost: the tokens are saved in {output_dir}; push them later with"
                 f" python -c \"from datasets import load_from_disk; load_from_disk('{output_dir}')"
                 f".push_to_hub('{args.push_to_hub}')\"")
