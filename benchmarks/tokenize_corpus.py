@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> dict:
     work = tempfile.mkdtemp(prefix="pqvae-tokenize-")
     corpus_command = [PQVAE, "tokenize-dataset", "--dataset_dir", args.corpus_dir, "--split", args.split,
                       "--split_column", "split", "--output_dir", os.path.join(work, "tokens"),
-                      "--batch_size", str(args.batch_size)]
+                      "--batch_size", str(args.batch_size), "--column_prefix", "pqvae_"]  # the corpus has duration_s
     if args.num_proc:
         corpus_command += ["--num_proc", str(args.num_proc)]
     corpus = timed(corpus_command)

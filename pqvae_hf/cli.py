@@ -21,6 +21,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
+from .data import require_audio_file
 from .inference import REPO_ROOT, decode_long, encode_long, load_audio, load_model
 
 DEMO_CLIP = os.path.join(REPO_ROOT, "assets", "speech_orig_16k.flac")
@@ -53,6 +54,7 @@ def cmd_info(args) -> dict:
 
 
 def cmd_tokenize(args) -> dict:
+    require_audio_file(args.audio)  # before the slow model load
     model = load_model(args.model)
     audio = load_audio(args.audio, model.config.sampling_rate, log=_log)
     start = time.time()
@@ -103,12 +105,20 @@ def plot_mels(reference_mel: np.ndarray, reconstructed_mel: np.ndarray, path: st
     plt.close(fig)
 
 
+def waveform_metrics(model, reference: np.ndarray, waveform: np.ndarray) -> dict:
+    """The log-mel distance of a vocoded waveform to the input (`waveform_mel_l1/l2`), plus STOI and PESQ."""
+    from .metrics import intelligibility_and_quality, log_mel_distances
+
+    distances = log_mel_distances(model, reference, waveform)
+    return {"waveform_mel_l1": distances["log_mel_l1"], "waveform_mel_l2": distances["log_mel_l2"],
+            **intelligibility_and_quality(reference, waveform, model.config.sampling_rate)}
+
+
 def cmd_reconstruct(args) -> dict:
+    require_audio_file(args.audio)
     model = load_model(args.model)
     config = model.config
     audio = load_audio(args.audio, config.sampling_rate, log=_log)
-    from .metrics import intelligibility_and_quality, log_mel_distances
-
     start = time.time()
     codes = encode_long(model, audio, chunk_seconds=args.chunk_seconds, progress=True)
     encode_seconds = time.time() - start
@@ -118,6 +128,9 @@ def cmd_reconstruct(args) -> dict:
     decode_seconds = time.time() - start
     if waveform is None:
         raise SystemExit("This model has vocoder='none'; nothing to write. Load it with vocoder='griffin_lim'.")
+    if len(audio) < config.hop_length:
+        _log(f"{args.audio} is shorter than one frame hop ({len(audio)} < {config.hop_length} samples): the vocoder"
+             " makes no samples from a single frame, so the output is silence")
     reconstruction = waveform.numpy()
     peak = float(np.abs(reconstruction).max())
     if peak > 1.0:  # writing PCM would clip; scale down and say so rather than distort silently
@@ -139,25 +152,26 @@ def cmd_reconstruct(args) -> dict:
         "vocoder": config.vocoder,
         "encode_realtime_factor": round(seconds / max(encode_seconds, 1e-9), 1),
         "decode_realtime_factor": round(seconds / max(decode_seconds, 1e-9), 1),
-        "token_mel_l1": float((mel - input_mel).abs().mean()),
-        **log_mel_distances(model, audio, waveform.numpy()),
-        **intelligibility_and_quality(audio, waveform.numpy(), config.sampling_rate),
+        # Two different mel distances to the input's log-mel: the decoder's output (what the tokens carry) and the
+        # log-mel of the written waveform (what the vocoder made of it).
+        "decoded_mel_l1": float((mel - input_mel).abs().mean()),
+        **waveform_metrics(model, audio, waveform.numpy()),
     }
     if args.compare_griffin_lim and config.vocoder != "griffin_lim":
         from .modeling.modeling_pqvae import GriffinLim
 
         griffin_lim = GriffinLim(config, model.front_end)
         with torch.no_grad():
-            baseline = griffin_lim(mel[None].to(model.device))[0].cpu().numpy()
+            baseline = griffin_lim(mel[None].to(model.device))[0].cpu().numpy() if mel.shape[-1] > 1 else np.zeros(0)
         baseline = np.pad(baseline, (0, max(0, len(audio) - len(baseline))))[: len(audio)]
-        summary["griffin_lim"] = {**log_mel_distances(model, audio, baseline),
-                                  **intelligibility_and_quality(audio, baseline, config.sampling_rate)}
+        summary["griffin_lim"] = waveform_metrics(model, audio, baseline)
         if args.output.endswith(".wav"):
-            sf.write(args.output[:-4] + "_griffin_lim.wav", np.clip(baseline, -1, 1), config.sampling_rate)
+            summary["griffin_lim_output"] = args.output[:-4] + "_griffin_lim.wav"
+            sf.write(summary["griffin_lim_output"], np.clip(baseline, -1, 1), config.sampling_rate)
     if args.plot:
         plot_mels(input_mel.numpy(), mel.numpy(), args.plot,
                   f"{os.path.basename(args.audio)}: {config.num_codebooks} x {config.codebook_size} codes,"
-                  f" {config.bits_per_second:g} bit/s, log-mel L1 {summary['token_mel_l1']:.3f}")
+                  f" {config.bits_per_second:g} bit/s, decoded log-mel L1 {summary['decoded_mel_l1']:.3f}")
         summary["plot"] = args.plot
     print(json.dumps(summary, indent=2))
     return summary
@@ -178,7 +192,11 @@ def cmd_demo(args) -> dict:
     summary = cmd_reconstruct(reconstruct_args)
     with open(os.path.join(out_dir, "summary.json"), "w") as handle:
         json.dump(summary, handle, indent=2)
-    _log(f"Demo outputs in {out_dir}: codes.json, reconstruction.wav, mel_comparison.png, summary.json")
+    written = [tokenize_args.out, summary["output"], summary.get("griffin_lim_output"), summary.get("plot"),
+               os.path.join(out_dir, "summary.json")]
+    _log(f"Demo outputs in {out_dir}: {', '.join(os.path.basename(path) for path in written if path)}")
+    _log("decoded_mel_l1: log-mel L1 of the decoder's output (the tokens) vs the input; waveform_mel_l1: of the"
+         " written waveform (after the vocoder) vs the input")
     return summary
 
 
@@ -188,26 +206,35 @@ def cmd_tokenize_dataset(args) -> dict:
     from .dataset_tokenization import shard_for_this_process, tokenize_dataset
     from .inference import default_model_path
 
+    output_dir = args.output_dir
+    if args.push_to_hub and not output_dir:  # save first: a failed push must not lose the work
+        output_dir = os.path.join("outputs", "tokens", args.push_to_hub.replace("/", "__"))
+        _log(f"--push_to_hub without --output_dir: the tokens are saved to {output_dir} first")
+    report = args.bad_audio_report or (os.path.join(output_dir, "bad_audio.json") if output_dir else "bad_audio.json")
     dataset = load_audio_dataset(dataset_name=args.dataset_name, dataset_dir=args.dataset_dir, split=args.split,
                                  split_column=args.split_column, audio_column=args.audio_column,
                                  max_samples=args.max_samples)
     dataset = shard_for_this_process(dataset, args.shard_index, args.num_shards)
-    start = time.time()
-    tokens = tokenize_dataset(dataset, args.model or default_model_path(), audio_column=args.audio_column,
-                              batch_size=args.batch_size, num_proc=args.num_proc, device=args.device,
-                              chunk_seconds=args.chunk_seconds, lm_token_offset=args.lm_token_offset,
-                              add_boundary_tokens=args.add_boundary_tokens, log_summary=False)
-    wall = time.time() - start
-    audio_seconds = float(np.sum(tokens["duration_s"]))
-    num_tokens = int(np.sum(tokens["num_frames"]))
-    summary = {"files": len(tokens), "audio_hours": round(audio_seconds / 3600, 4), "tokens": num_tokens,
-               "wall_seconds": round(wall, 2), "tokens_per_second": round(num_tokens / max(wall, 1e-9), 1),
-               "audio_seconds_per_second": round(audio_seconds / max(wall, 1e-9), 2)}
-    if args.output_dir:
-        tokens.save_to_disk(args.output_dir)
-        summary["saved_to"] = args.output_dir
+    tokens, summary = tokenize_dataset(
+        dataset, args.model or default_model_path(), audio_column=args.audio_column, batch_size=args.batch_size,
+        num_proc=args.num_proc, device=args.device, chunk_seconds=args.chunk_seconds,
+        lm_token_offset=args.lm_token_offset, add_boundary_tokens=args.add_boundary_tokens, split=args.split,
+        column_prefix=args.column_prefix, skip_bad_audio=args.skip_bad_audio,
+        bad_audio_report=report if args.skip_bad_audio else None, log_summary=False, return_summary=True)
+    if output_dir:
+        tokens.save_to_disk(output_dir)
+        summary["saved_to"] = output_dir
     if args.push_to_hub:
-        tokens.push_to_hub(args.push_to_hub)
+        try:
+            tokens.push_to_hub(args.push_to_hub)
+        except Exception as error:  # network, auth, offline mode: the saved copy is what matters now
+            summary["push_failed"] = f"{type(error).__name__}: {str(error).rstrip('.')}"
+            print(json.dumps(summary, indent=2))
+            raise SystemExit(
+                f"pqvae tokenize-dataset: pushing to {args.push_to_hub} failed ({summary['push_failed']})."
+                f" Nothing is lost: the tokens are saved in {output_dir}; push them later with"
+                f" python -c \"from datasets import load_from_disk; load_from_disk('{output_dir}')"
+                f".push_to_hub('{args.push_to_hub}')\"")
         summary["pushed_to"] = args.push_to_hub
     print(json.dumps(summary, indent=2))
     return summary
@@ -241,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     corpus = sub.add_parser("tokenize-dataset", help="tokenize a whole dataset with datasets.map")
     source = corpus.add_mutually_exclusive_group(required=True)
-    source.add_argument("--dataset_dir", help="audiofolder (metadata.csv) or save_to_disk folder")
+    source.add_argument("--dataset_dir", help="audiofolder (metadata.csv), save_to_disk folder or parquet files")
     source.add_argument("--dataset_name", help="Hub dataset id")
     corpus.add_argument("--split", default="train")
     corpus.add_argument("--split_column", default=None, help="select rows by this column's value (e.g. split)")
@@ -249,13 +276,20 @@ def build_parser() -> argparse.ArgumentParser:
     corpus.add_argument("--max_samples", type=int, default=None)
     corpus.add_argument("--model", default=None)
     corpus.add_argument("--output_dir", default=None, help="save_to_disk folder for the token dataset")
-    corpus.add_argument("--push_to_hub", default=None, metavar="REPO_ID", help="push the token dataset to the Hub")
+    corpus.add_argument("--push_to_hub", default=None, metavar="REPO_ID", help="push the token dataset to the Hub"
+                        " (saved locally first: to --output_dir, default outputs/tokens/REPO_ID)")
     corpus.add_argument("--batch_size", type=int, default=16)
     corpus.add_argument("--num_proc", type=int, default=None, help="worker processes (each loads the model once)")
     corpus.add_argument("--device", default="cpu", help="cpu or cuda (workers spread over GPUs by rank)")
     corpus.add_argument("--chunk_seconds", type=float, default=60.0, help="longer files are encoded in chunks")
     corpus.add_argument("--lm_token_offset", type=int, default=None, help="also write lm_tokens = id + offset")
     corpus.add_argument("--add_boundary_tokens", action="store_true", help="wrap lm_tokens in begin/end markers")
+    corpus.add_argument("--column_prefix", default="", help="prefix of the output columns (e.g. pqvae_), needed when"
+                        " the dataset already has a column of an output's name (audio_codes, duration_s, ...)")
+    corpus.add_argument("--skip_bad_audio", action="store_true", help="check every file first and skip the bad"
+                        " ones (each logged, listed in --bad_audio_report); default: a bad file stops the run")
+    corpus.add_argument("--bad_audio_report", default=None,
+                        help="where --skip_bad_audio lists skipped files (default OUTPUT_DIR/bad_audio.json)")
     corpus.add_argument("--shard_index", type=int, default=None, help="this node's shard (default $RANK)")
     corpus.add_argument("--num_shards", type=int, default=None, help="number of shards (default $WORLD_SIZE)")
     corpus.set_defaults(func=cmd_tokenize_dataset)

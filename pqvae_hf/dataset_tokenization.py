@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from . import PQVAEModel
-from .data import AudioDecodeNotes, decode_audio, pad_batch
+from .data import AudioDecodeNotes, BadAudioReport, decode_audio, drop_bad_audio, pad_batch
 from .modeling.quantization_pqvae import codes_to_composite
 from .inference import encode_long
 
@@ -32,6 +32,8 @@ _MODEL_CACHE: dict[tuple[str, str], PQVAEModel] = {}
 # datasets forks its workers. A forked child of a process whose torch already ran its thread pool deadlocks on its
 # first torch op (seen here with num_proc=2) unless it sets its thread count first, once per process.
 _THREADS_SET_IN_PID: int | None = None
+# Per-row decoding notes, summed into the summary and then removed from the output.
+RESAMPLED_COLUMN, DOWNMIXED_COLUMN = "__pqvae_resampled_from__", "__pqvae_downmixed__"
 
 
 def model_fingerprint(path: str) -> str:
@@ -76,8 +78,11 @@ class DatasetTokenizer:
 
     def __init__(self, model_path: str, audio_column: str = "audio", device: str = "cpu",
                  chunk_seconds: float = 60.0, lm_token_offset: int | None = None,
-                 add_boundary_tokens: bool = False, torch_threads: int | None = None):
+                 add_boundary_tokens: bool = False, torch_threads: int | None = None, split: str | None = None,
+                 column_prefix: str = ""):
         self.model_path = model_path
+        self.split = split  # only names bad files in error messages
+        self.column_prefix = column_prefix
         self.fingerprint = model_fingerprint(model_path)
         self.audio_column = audio_column
         self.device = device
@@ -100,15 +105,16 @@ class DatasetTokenizer:
         return _MODEL_CACHE[key]
 
     @torch.no_grad()
-    def __call__(self, batch: dict[str, list], rank: int | None = None) -> dict[str, list]:
+    def __call__(self, batch: dict[str, list], indices: list[int], rank: int | None = None) -> dict[str, list]:
         model = self._model(rank)
         config = model.config
         rate, hop = config.sampling_rate, config.hop_length
-        notes = AudioDecodeNotes()
-        audios = [decode_audio(value, rate, notes) for value in batch[self.audio_column]]
-        for index, audio in enumerate(audios):
-            if audio.shape[0] == 0:
-                raise ValueError(f"Example {index} of this batch has no samples.")
+        audios, resampled_from, downmixed = [], [], []
+        for value, index in zip(batch[self.audio_column], indices):
+            notes = AudioDecodeNotes()  # per row, so the summary can count over workers and cache hits
+            audios.append(decode_audio(value, rate, notes, row=index, split=self.split))
+            resampled_from.append(next(iter(notes.resampled), 0))
+            downmixed.append(notes.downmixed)
         codes: list[torch.Tensor | None] = [None] * len(audios)
         chunk_samples = int(self.chunk_seconds * rate)
         short = [i for i, audio in enumerate(audios) if audio.shape[0] <= chunk_samples]
@@ -123,54 +129,104 @@ class DatasetTokenizer:
         result = {"audio_codes": [], "composite_ids": [], "num_frames": [], "duration_s": []}
         if self.lm_token_offset is not None:
             result["lm_tokens"] = []
+        result = {**{self.column_prefix + name: values for name, values in result.items()},
+                  RESAMPLED_COLUMN: resampled_from, DOWNMIXED_COLUMN: downmixed}
+        p = self.column_prefix
         composite_size = config.composite_codebook_size
         for audio, example_codes in zip(audios, codes):
             array = example_codes.numpy().astype(np.int64)
             composite = codes_to_composite(example_codes, config.codebook_size).numpy()
-            result["audio_codes"].append(array.tolist())
-            result["composite_ids"].append(composite.tolist())
-            result["num_frames"].append(int(array.shape[1]))
-            result["duration_s"].append(audio.shape[0] / rate)
+            result[p + "audio_codes"].append(array.tolist())
+            result[p + "composite_ids"].append(composite.tolist())
+            result[p + "num_frames"].append(int(array.shape[1]))
+            result[p + "duration_s"].append(audio.shape[0] / rate)
             if self.lm_token_offset is not None:
                 tokens = (composite + self.lm_token_offset).tolist()
                 if self.add_boundary_tokens:
                     tokens = [self.lm_token_offset + composite_size, *tokens, self.lm_token_offset + composite_size + 1]
-                result["lm_tokens"].append(tokens)
+                result[p + "lm_tokens"].append(tokens)
         return result
+
+
+def output_columns(lm_token_offset: int | None = None, column_prefix: str = "") -> list[str]:
+    names = ["audio_codes", "composite_ids", "num_frames", "duration_s"]
+    return [column_prefix + name for name in names + (["lm_tokens"] if lm_token_offset is not None else [])]
 
 
 def tokenize_dataset(dataset, model_or_path, audio_column: str = "audio", batch_size: int = 16,
                      num_proc: int | None = None, device: str = "cpu", chunk_seconds: float = 60.0,
                      lm_token_offset: int | None = None, add_boundary_tokens: bool = False,
-                     remove_audio: bool = True, load_from_cache_file: bool | None = None, log_summary: bool = True):
+                     remove_audio: bool = True, load_from_cache_file: bool | None = None, log_summary: bool = True,
+                     split: str | None = None, column_prefix: str = "", skip_bad_audio: bool = False,
+                     bad_audio_report: str | None = None, return_summary: bool = False):
     """Tokenize a `datasets.Dataset` with `map(batched=True)`; see the module docstring for the output columns.
 
     `num_proc` > 1 runs that many worker processes, each loading the model once (1 torch thread each on CPU).
-    Re-running with the same data, model and settings is a datasets cache hit; a different model is a miss.
+    Re-running with the same data, model and settings is a datasets cache hit (reported as such); a different model
+    is a miss. `column_prefix` names the output columns (`pqvae_` -> `pqvae_audio_codes`, ...); a dataset that
+    already has a column of an output's name is refused rather than overwritten. A bad audio file stops the run with
+    its path, row and `split`; `skip_bad_audio=True` checks every file first and drops the bad ones instead (each
+    logged, listed in `bad_audio_report` when given). `return_summary=True` returns `(dataset, summary dict)`.
     """
     from datasets import Audio
 
     if audio_column not in dataset.column_names:
         raise ValueError(f"Audio column {audio_column!r} not found; columns are {dataset.column_names}.")
+    outputs = output_columns(lm_token_offset, column_prefix)
+    kept = set(dataset.column_names) - ({audio_column} if remove_audio else set())
+    clash = [name for name in outputs if name in kept]
+    if clash:
+        instead = ("choose another column_prefix" if column_prefix else
+                   f"pass column_prefix='pqvae_' (CLI: --column_prefix pqvae_) to write"
+                   f" {', '.join(output_columns(lm_token_offset, 'pqvae_'))} instead")
+        raise ValueError(f"The dataset already has column(s) {clash}, which tokenization would overwrite: {instead},"
+                         f" or drop yours first (dataset.remove_columns({clash})).")
     if isinstance(dataset.features[audio_column], Audio) and dataset.features[audio_column].decode:
         # Decoding ourselves (soundfile) avoids needing torchcodec/FFmpeg and resamples explicitly.
         dataset = dataset.cast_column(audio_column, Audio(decode=False))
+    report = None
+    if skip_bad_audio:
+        report = BadAudioReport()
+        dataset = drop_bad_audio(dataset, audio_column, split, report, num_proc)
+        if bad_audio_report:
+            report.write(bad_audio_report)
     threads = 1 if (num_proc or 1) > 1 and device == "cpu" else None
     function = DatasetTokenizer(_materialize(model_or_path), audio_column, device, chunk_seconds, lm_token_offset,
-                                add_boundary_tokens, torch_threads=threads)
+                                add_boundary_tokens, torch_threads=threads, split=split, column_prefix=column_prefix)
     start = time.time()
     tokenized = dataset.map(
-        function, batched=True, batch_size=batch_size, num_proc=num_proc, with_rank=True,
+        function, batched=True, batch_size=batch_size, num_proc=num_proc, with_indices=True, with_rank=True,
         remove_columns=[audio_column] if remove_audio else None, load_from_cache_file=load_from_cache_file,
         desc="Tokenizing audio",
     )
     wall = time.time() - start
+    # A cache hit encodes nothing: its cache files are older than this call.
+    cache_hit = bool(tokenized.cache_files) and all(
+        os.path.getmtime(f["filename"]) < start for f in tokenized.cache_files if os.path.exists(f["filename"]))
+    notes = AudioDecodeNotes()
+    notes.resampled.update(rate for rate in tokenized[RESAMPLED_COLUMN] if rate)
+    notes.downmixed = int(np.sum(tokenized[DOWNMIXED_COLUMN])) if len(tokenized) else 0
+    tokenized = tokenized.remove_columns([RESAMPLED_COLUMN, DOWNMIXED_COLUMN])
+    audio_seconds = float(np.sum(tokenized[column_prefix + "duration_s"])) if len(tokenized) else 0.0
+    tokens = int(np.sum(tokenized[column_prefix + "num_frames"])) if len(tokenized) else 0
+    summary = {"files": len(tokenized), "audio_hours": round(audio_seconds / 3600, 4), "tokens": tokens,
+               "wall_seconds": round(wall, 2), "cache_hit": cache_hit,
+               # Throughput is only measured when something was encoded.
+               "tokens_per_second": None if cache_hit else round(tokens / max(wall, 1e-9), 1),
+               "audio_seconds_per_second": None if cache_hit else round(audio_seconds / max(wall, 1e-9), 2),
+               "decoding": notes.summary()}
+    if report is not None:
+        summary["bad_audio"] = report.summary() + (f"; list in {bad_audio_report}" if bad_audio_report else "")
+        summary["bad_audio_skipped"] = len(report.files)
     if log_summary:
-        hours = float(np.sum(tokenized["duration_s"])) / 3600
-        tokens = int(np.sum(tokenized["num_frames"]))
-        logger.info(f"Tokenized {len(tokenized):,} files, {hours:.3f} h of audio -> {tokens:,} tokens in {wall:.1f} s"
-                    f" ({tokens / max(wall, 1e-9):,.0f} tokens/s, {hours * 3600 / max(wall, 1e-9):,.1f} audio s/s)")
-    return tokenized
+        done = (f"loaded from the datasets cache in {wall:.1f} s (cache hit: nothing was encoded; pass"
+                f" load_from_cache_file=False to re-run)" if cache_hit else
+                f"in {wall:.1f} s ({summary['tokens_per_second']:,.0f} tokens/s,"
+                f" {summary['audio_seconds_per_second']:,.1f} audio s/s)")
+        logger.info(f"Tokenized {len(tokenized):,} files, {audio_seconds / 3600:.3f} h of audio -> {tokens:,} tokens"
+                    f" {done}. Decoding: {summary['decoding']}."
+                    + (f" Bad audio: {summary['bad_audio']}." if report is not None else ""))
+    return (tokenized, summary) if return_summary else tokenized
 
 
 def shard_for_this_process(dataset, rank: int | None = None, world_size: int | None = None):

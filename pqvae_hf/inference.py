@@ -42,18 +42,14 @@ def load_model(path: str | None = None, device: str | torch.device = "cpu") -> P
 
 
 def load_audio(path: str, sampling_rate: int, log=print) -> np.ndarray:
-    """Reads wav/flac/ogg/opus with soundfile; downmixes and resamples explicitly, saying so."""
+    """Reads wav/flac/ogg/opus with soundfile; downmixes and resamples explicitly, saying so. A missing, empty,
+    truncated, undecodable or non-finite file raises `BadAudioError` naming it (see `data.read_audio_file`)."""
     audio, rate = read_audio_file(path)
     if audio.ndim == 2 and audio.shape[1] > 1:
         log(f"{os.path.basename(path)}: {audio.shape[1]} channels, averaging them to mono")
     if rate != sampling_rate:
         log(f"{os.path.basename(path)}: resampling {rate} Hz -> {sampling_rate} Hz (soxr, high quality)")
-    audio = to_model_audio(audio, rate, sampling_rate)
-    if audio.size == 0:
-        raise ValueError(f"{path} contains no samples.")
-    if not np.isfinite(audio).all():
-        raise ValueError(f"{path} contains NaN or Inf samples.")
-    return audio
+    return to_model_audio(audio, rate, sampling_rate)
 
 
 def encoder_context_frames(config) -> int:
@@ -125,6 +121,8 @@ def vocode_long(model: PQVAEModel, mel: torch.Tensor, chunk_frames: int, progres
     boundaries, far from the edges that a chunk's own padding affects."""
     hop = model.config.hop_length
     num_frames = mel.shape[-1]
+    if num_frames < 2:  # (F - 1) * hop = 0 samples: nothing to vocode (Griffin-Lim's istft cannot take it)
+        return torch.zeros(0)
     if num_frames <= chunk_frames:
         return model.vocoder(mel[None].to(model.device))[0].cpu()
     context = max(16, 2 * math.ceil(model.config.n_fft / hop))

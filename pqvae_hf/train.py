@@ -22,7 +22,7 @@ import transformers
 from transformers import AutoProcessor, HfArgumentParser, TrainingArguments, set_seed
 
 from . import PQVAEConfig, PQVAEFeatureExtractor, PQVAEModel, PQVAEProcessor
-from .data import AudioCollator, add_index_column, load_audio_dataset
+from .data import AudioCollator, BadAudioReport, add_index_column, drop_bad_audio, load_audio_dataset
 from .trainer import EpochSetterCallback, PQVAETrainer
 
 logger = logging.getLogger("pqvae_hf.train")
@@ -47,7 +47,7 @@ class DataArguments:
     dataset_name: str | None = field(default=None, metadata={"help": "Hub dataset id (load_dataset)."})
     dataset_config_name: str | None = field(default=None, metadata={"help": "Hub dataset configuration."})
     dataset_dir: str | None = field(default=None, metadata={
-        "help": "Local audiofolder (metadata.csv with file_name) or save_to_disk folder."})
+        "help": "Local audiofolder (metadata.csv with file_name), save_to_disk folder or folder of parquet files."})
     audio_column: str = field(default="audio", metadata={"help": "Column holding the audio."})
     train_split: str = field(default="train", metadata={"help": "Training split (or value of --split_column)."})
     eval_split: str | None = field(default="validation", metadata={"help": "Evaluation split; empty for none."})
@@ -60,6 +60,14 @@ class DataArguments:
         "help": "Random training crop length; shorter clips are zero-padded (masked), never dropped."})
     eval_crop_seconds: float | None = field(default=None, metadata={
         "help": "Evaluate on the first N seconds of each clip; default: whole clips."})
+    eval_chunk_seconds: float = field(default=30.0, metadata={
+        "help": "Clips longer than this are evaluated chunk by chunk (bounded memory, whatever the clip length)."})
+    skip_bad_audio: bool = field(default=False, metadata={
+        "help": "Check every file first and skip those that cannot be used (missing, undecodable, empty, truncated,"
+                " NaN): each is logged, the count reported and the list written to OUTPUT_DIR/bad_audio.json."
+                " Default: the first bad file stops the run with its name and the fix."})
+    preprocessing_num_workers: int | None = field(default=None, metadata={
+        "help": "Processes for checking audio files with --skip_bad_audio."})
 
 
 def parse_overrides(text: str | None) -> dict:
@@ -104,8 +112,24 @@ def build_model(args: ModelArguments) -> tuple[PQVAEModel, PQVAEProcessor]:
     return model, processor
 
 
-def main(argv: list[str] | None = None) -> dict:
+def require_training_extras() -> None:
+    """`pqvae-train` needs the `train` extra (accelerate, datasets): say how to get it, not transformers' message."""
+    missing = []
+    for name in ("accelerate", "datasets"):
+        try:
+            __import__(name)
+        except ImportError:
+            missing.append(name)
+    if missing:
+        raise SystemExit(f"pqvae-train needs the training extras, which are not installed (missing: {', '.join(missing)})."
+                         ' Install them with: pip install "pqvae-hf[train]" (in a source checkout: pip install -e'
+                         ' ".[train]").')
+
+
+def run(argv: list[str] | None = None) -> dict:
+    """Parses the arguments, trains and/or evaluates, and returns the metrics (what `main` logs)."""
     argv = sys.argv[1:] if argv is None else argv
+    require_training_extras()
     parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
     if len(argv) == 1 and argv[0].endswith(".json"):
         model_args, data_args, training_args = parser.parse_json_file(os.path.abspath(argv[0]))
@@ -134,20 +158,33 @@ def main(argv: list[str] | None = None) -> dict:
     source = dict(dataset_name=data_args.dataset_name, dataset_dir=data_args.dataset_dir,
                   dataset_config_name=data_args.dataset_config_name, split_column=data_args.split_column,
                   audio_column=data_args.audio_column, cache_dir=None)
+    bad_audio = BadAudioReport()
+
+    def load(split: str, max_samples: int | None = None):
+        # The index column numbers rows as loaded, so messages and the bad-audio report name the same row numbers.
+        dataset = add_index_column(load_audio_dataset(split=split, max_samples=max_samples, **source))
+        if data_args.skip_bad_audio:
+            dataset = drop_bad_audio(dataset, data_args.audio_column, split, bad_audio,
+                                     data_args.preprocessing_num_workers)
+        return dataset
+
     train_dataset = eval_dataset = test_dataset = None
     if training_args.do_train:
-        train_dataset = add_index_column(load_audio_dataset(split=data_args.train_split,
-                                                            max_samples=data_args.max_train_samples, **source))
+        train_dataset = load(data_args.train_split, data_args.max_train_samples)
         logger.info(f"Training on {len(train_dataset):,} clips ({_hours(train_dataset):.2f} h where known)")
     if data_args.eval_split:
-        eval_dataset = load_audio_dataset(split=data_args.eval_split, max_samples=data_args.max_eval_samples,
-                                          **source)
+        eval_dataset = load(data_args.eval_split, data_args.max_eval_samples)
         logger.info(f"Evaluating on {len(eval_dataset):,} clips ({_hours(eval_dataset):.2f} h where known)")
     if data_args.test_split:
-        test_dataset = load_audio_dataset(split=data_args.test_split, **source)
+        test_dataset = load(data_args.test_split)
+    if data_args.skip_bad_audio:
+        report = os.path.join(training_args.output_dir, "bad_audio.json")
+        if training_args.should_save:
+            bad_audio.write(report)
+        logger.warning(f"--skip_bad_audio: {bad_audio.summary()}; list in {report}")
 
     train_collator = AudioCollator(config.sampling_rate, data_args.audio_column, data_args.crop_seconds,
-                                   random_crop=True, seed=training_args.seed)
+                                   random_crop=True, seed=training_args.seed, split=data_args.train_split)
     eval_collator = AudioCollator(config.sampling_rate, data_args.audio_column, data_args.eval_crop_seconds,
                                   random_crop=False)
     command = "pqvae-train " + " ".join(argv)
@@ -158,6 +195,8 @@ def main(argv: list[str] | None = None) -> dict:
         eval_dataset=eval_dataset,
         data_collator=train_collator,
         eval_data_collator=eval_collator,
+        eval_chunk_seconds=data_args.eval_chunk_seconds,
+        eval_split_names={"eval": data_args.eval_split, "test": data_args.test_split},
         processor=processor,
         callbacks=[EpochSetterCallback(train_collator)],
         model_card_info={
@@ -165,10 +204,11 @@ def main(argv: list[str] | None = None) -> dict:
             "train split": f"{data_args.train_split} ({len(train_dataset) if train_dataset else 0} clips)",
             "command": f"`{command}`",
             "num_parameters": total,
+            **({"bad audio": bad_audio.summary()} if data_args.skip_bad_audio else {}),
         },
     )
 
-    results = {}
+    results = {"bad_audio_skipped": len(bad_audio.files)} if data_args.skip_bad_audio else {}
     if train_dataset is not None:
         start = time.time()
         train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
@@ -184,12 +224,23 @@ def main(argv: list[str] | None = None) -> dict:
     if test_dataset is not None:
         results.update(trainer.evaluate(test_dataset, metric_key_prefix="test"))
     if trainer.is_world_process_zero():
-        trainer.last_eval_metrics = {k: v for k, v in results.items() if k != "train_wall_seconds"}
+        trainer.last_eval_metrics = {k: v for k, v in results.items()
+                                     if k not in ("train_wall_seconds", "bad_audio_skipped")}
         trainer.create_model_card()
         trainer.save_metrics("all", results)
     if training_args.push_to_hub:
         trainer.push_to_hub(commit_message=f"PQ-VAE trained for {trainer.state.global_step} steps")
     return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point (`pqvae-train`): exit status 0 on success; a bad argument or bad data exits non-zero with
+    the reason (no traceback)."""
+    try:
+        run(argv)
+    except (ValueError, FileNotFoundError) as error:
+        raise SystemExit(f"pqvae-train: {error}")
+    return 0
 
 
 def _hours(dataset) -> float:
@@ -200,4 +251,4 @@ def _hours(dataset) -> float:
 
 if __name__ == "__main__":
     torch.set_float32_matmul_precision("high")
-    main()
+    sys.exit(main())

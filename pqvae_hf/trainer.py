@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import Trainer, TrainerCallback
 
+from .evaluation import DatasetClips, accumulate_reconstruction
 from .modeling import CodebookStatistics
 from .model_card import write_model_card
 
@@ -80,13 +81,19 @@ class PQVAETrainer(Trainer):
     Args (besides Trainer's):
         processor: the `PQVAEProcessor` saved into every checkpoint and the final folder. (Not passed to Trainer as
             `processing_class`: Trainer 5.x assumes a ProcessorMixin has a tokenizer and fails on audio-only ones.)
-        eval_data_collator: collator for evaluation (whole clips); defaults to `data_collator`.
+        eval_data_collator: the `AudioCollator` whose audio column, sampling rate and `crop_seconds` (first N seconds;
+            None: whole clips) evaluation uses; defaults to `data_collator`.
+        eval_chunk_seconds: evaluation sorts clips by length, batches them, and evaluates clips longer than this in
+            chunks with context (`evaluation.accumulate_reconstruction`): memory stays bounded whatever the lengths.
+        eval_split_names: metric prefix -> split name (`{"eval": "validation"}`), used to name bad files.
         model_card_info: dict of extra facts for the model card (data description, command, ...).
     """
 
     def __init__(self, *args, processor=None, eval_data_collator=None, model_card_info: dict | None = None,
-                 **kwargs):
+                 eval_chunk_seconds: float = 30.0, eval_split_names: dict[str, str] | None = None, **kwargs):
         super().__init__(*args, **kwargs)
+        self.eval_chunk_seconds = eval_chunk_seconds
+        self.eval_split_names = dict(eval_split_names or {})
         self.processor = processor
         self.eval_data_collator = eval_data_collator or self.data_collator
         self.model_card_info = dict(model_card_info or {})
@@ -128,27 +135,19 @@ class PQVAETrainer(Trainer):
         model.eval()
         if _distributed():
             dataset = dataset.shard(num_shards=dist.get_world_size(), index=dist.get_rank(), contiguous=True)
-        loader = DataLoader(dataset, batch_size=self.args.per_device_eval_batch_size, shuffle=False,
-                            collate_fn=self.eval_data_collator, num_workers=self.args.dataloader_num_workers)
         config = model.config
-        stats = CodebookStatistics(config.num_codebooks, config.codebook_size)
-        totals = torch.zeros(5, dtype=torch.float64)  # frames, mel L1, mel L2, dual-decoding loss, loss (frame sums)
+        collator = self.eval_data_collator  # an AudioCollator: its column, rate, first-N-seconds crop and notes
+        clips = DatasetClips(dataset, config.sampling_rate, collator.audio_column,
+                             split=self.eval_split_names.get(metric_key_prefix), crop_seconds=collator.crop_seconds,
+                             notes=collator.notes)
         quiet = self.args.disable_tqdm or not self.is_local_process_zero()
-        for batch in tqdm(loader, desc="Evaluating", disable=quiet, leave=False):
-            batch = {key: value.to(self.args.device) for key, value in batch.items()}
-            out = model(**batch)
-            mask = out.frame_mask[:, None, :].to(out.mel.dtype)
-            error = (out.mel - out.target_mel) * mask
-            frames = float(out.frame_mask.sum())
-            totals[0] += frames
-            totals[1] += float(error.abs().sum()) / config.num_mel_bins
-            totals[2] += float((error**2).sum()) / config.num_mel_bins
-            totals[3] += float(out.dual_reconstruction_loss) * frames
-            totals[4] += float(out.loss) * frames
-            stats.update(out.audio_codes, out.frame_mask)
+        result = accumulate_reconstruction(model, clips, self.args.per_device_eval_batch_size, self.eval_chunk_seconds,
+                                           num_workers=self.args.dataloader_num_workers, progress=not quiet)
+        totals, stats = result.sums.to(self.args.device), result.stats
         if _distributed():
             dist.all_reduce(totals)
             stats = gather_statistics(stats)
+        totals = totals.cpu()
         frames = max(float(totals[0]), 1.0)
         prefix = f"{metric_key_prefix}_"
         metrics = {

@@ -27,12 +27,11 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-import soundfile as sf
-import soxr
 import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from pqvae_hf.data import decode_audio
 from pqvae_hf.modeling.configuration_pqvae import PQVAEConfig
 from pqvae_hf.modeling.modeling_pqvae import GriffinLim, LogMelSpectrogram
 from pqvae_hf.modeling.vocoder_pqvae import PQVAEVocoder
@@ -227,12 +226,9 @@ def read_metadata(corpus_dir: str) -> list[dict]:
 
 
 def load_audio(path: str, sampling_rate: int) -> np.ndarray:
-    """Any soundfile-readable file -> mono float32 at `sampling_rate`, shape (T,)."""
-    audio, rate = sf.read(path, dtype="float32", always_2d=True)
-    audio = audio.mean(axis=1)
-    if rate != sampling_rate:
-        audio = soxr.resample(audio, rate, sampling_rate, quality="HQ")
-    return np.ascontiguousarray(audio, dtype=np.float32)
+    """Any soundfile-readable file -> mono float32 at `sampling_rate`, shape (T,), through the package's one decoding
+    path (`data.decode_audio`: bad files raise BadAudioError naming them)."""
+    return decode_audio(path, sampling_rate)
 
 
 def select_train_files(rows: list[dict], minutes: float, seed: int) -> list[dict]:

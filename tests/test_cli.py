@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import soundfile as sf
 import torch
 from conftest import chirp, tiny_config, warm_up
@@ -45,7 +46,7 @@ def test_info_tokenize_reconstruct(tmp_path, capsys):
     written, rate = sf.read(tmp_path / "out.wav")
     assert rate == 8000 and len(written) == round(1.3 * 8000)  # same length as the (resampled) input
     assert (tmp_path / "cmp.png").stat().st_size > 10_000
-    assert result["tokens"] == expected_frames and result["log_mel_l1"] > 0
+    assert result["tokens"] == expected_frames and result["waveform_mel_l1"] > 0 and result["decoded_mel_l1"] > 0
     assert result["stoi"] is None or -1 <= result["stoi"] <= 1
 
 
@@ -54,7 +55,7 @@ def test_cli_errors_are_clear(tmp_path):
     (tmp_path / "bad.wav").write_bytes(b"RIFF but not audio")
     process = subprocess.run([sys.executable, "-m", "pqvae_hf.cli", "tokenize", str(tmp_path / "bad.wav"),
                               "--model", path], capture_output=True, text=True)
-    assert process.returncode != 0 and "Could not decode audio" in process.stderr
+    assert process.returncode != 0 and "bad.wav could not be decoded (" in process.stderr
     process = subprocess.run([sys.executable, "-m", "pqvae_hf.cli", "info", "--model", str(tmp_path / "nothing/x")],
                              capture_output=True, text=True)
     assert process.returncode != 0 and "does not exist" in process.stderr
@@ -72,3 +73,30 @@ def test_chunked_long_audio_matches_whole_encoding(tmp_path):
     mel_chunked, audio_out = decode_long(model, whole, num_samples=len(audio), chunk_seconds=1.5)
     assert torch.allclose(mel_chunked, mel_whole, atol=1e-4)
     assert audio_out.shape == (len(audio),)
+
+
+def test_metrics_that_cannot_be_computed_are_null_with_a_reason(tmp_path):
+    pytest.importorskip("pystoi")
+    _, path = _tiny_checkpoint(tmp_path)
+    for seconds, samples in ((0.1, 800), ("under one hop", 50)):
+        sf.write(tmp_path / "short.wav", chirp(1.0, 8000, 7)[:samples], 8000)
+        result = main(["reconstruct", str(tmp_path / "short.wav"), "--model", path, "-o", str(tmp_path / "o.wav")])
+        assert sf.info(str(tmp_path / "o.wav")).frames == samples, seconds
+        assert result["stoi"] is None and result["stoi_unavailable"].startswith("clip too short for STOI"), result
+        assert result["pesq_wb"] is None and "PESQ could not be computed" in result["pesq_unavailable"], result
+        assert np.isfinite(result["decoded_mel_l1"]) and np.isfinite(result["waveform_mel_l1"])
+
+
+def test_demo_names_its_two_mel_distances_apart_and_lists_every_output(tmp_path, capsys):
+    torch.manual_seed(0)
+    model = warm_up(PQVAEModel(tiny_config(vocoder="neural", vocoder_hidden_size=32, vocoder_intermediate_size=64,
+                                           vocoder_num_layers=2)))
+    model.save_pretrained(tmp_path / "tiny")
+    summary = main(["demo", "--model", str(tmp_path / "tiny"), "--out-dir", str(tmp_path / "demo")])
+    err = capsys.readouterr().err
+    listed = err.split(f"Demo outputs in {tmp_path / 'demo'}: ")[1].splitlines()[0].split(", ")
+    assert sorted(listed) == sorted(p.name for p in (tmp_path / "demo").iterdir())
+    assert "reconstruction_griffin_lim.wav" in listed
+    assert {"decoded_mel_l1", "waveform_mel_l1"} <= set(summary) and "waveform_mel_l1" in summary["griffin_lim"]
+    assert not {"token_mel_l1", "log_mel_l1"} & set(summary)
+    assert json.loads((tmp_path / "demo" / "summary.json").read_text())["decoded_mel_l1"] == summary["decoded_mel_l1"]

@@ -44,7 +44,7 @@ def test_decode_resamples_and_downmixes_with_notes(tmp_path):
     assert np.array_equal(same, audio)
     from_array = decode_audio({"array": stereo.T, "sampling_rate": 22050}, 16000)  # datasets: (channels, samples)
     assert np.allclose(from_array, audio, atol=1e-4)  # the file went through 16-bit PCM
-    with pytest.raises(ValueError, match="Could not decode audio"):
+    with pytest.raises(ValueError, match="audio bytes could not be decoded"):
         decode_audio({"bytes": b"not audio", "path": None}, 16000)
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import tiny_config, warm_up
-from datasets import Audio, concatenate_datasets
+from datasets import Audio, Dataset, concatenate_datasets
 
 from pqvae_hf import PQVAEModel
 from pqvae_hf.data import decode_audio, load_audio_dataset
@@ -22,7 +22,9 @@ def checkpoint(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def dataset(audiofolder):
-    return load_audio_dataset(dataset_dir=str(audiofolder), split="train", split_column="split")
+    # The corpus's own duration_s column would clash with the output column of that name (see the clash test).
+    return load_audio_dataset(dataset_dir=str(audiofolder), split="train", split_column="split").remove_columns(
+        ["duration_s"])
 
 
 def _rows(tokenized):
@@ -103,8 +105,81 @@ def test_cli_tokenize_dataset_writes_a_token_dataset(audiofolder, checkpoint, tm
 
     _, path = checkpoint
     summary = main(["tokenize-dataset", "--dataset_dir", str(audiofolder), "--split", "test", "--split_column",
-                    "split", "--model", path, "--output_dir", str(tmp_path / "tokens"), "--lm_token_offset", "5"])
+                    "split", "--model", path, "--output_dir", str(tmp_path / "tokens"), "--lm_token_offset", "5",
+                    "--column_prefix", "pqvae_"])
     saved = load_from_disk(str(tmp_path / "tokens"))
     assert summary["files"] == len(saved) == 6
-    assert summary["tokens"] == sum(saved["num_frames"]) and summary["audio_seconds_per_second"] > 0
-    assert all(t == c + 5 for row in saved for t, c in zip(row["lm_tokens"], row["composite_ids"]))
+    assert summary["tokens"] == sum(saved["pqvae_num_frames"]) and summary["audio_seconds_per_second"] > 0
+    assert all(t == c + 5 for row in saved for t, c in zip(row["pqvae_lm_tokens"], row["pqvae_composite_ids"]))
+    assert saved["duration_s"] == [round(0.15 + (i * 0.37) % 2.35, 3) for i in range(30, 36)]  # the user's column
+    assert saved["pqvae_duration_s"] == pytest.approx(saved["duration_s"], abs=2e-3)
+
+
+def test_push_failure_keeps_the_tokens_saved_locally_and_says_where(audiofolder, checkpoint, tmp_path, monkeypatch,
+                                                                   capsys):
+    from datasets import load_from_disk
+
+    from pqvae_hf.cli import run as main
+
+    _, path = checkpoint
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the push fails for real: offline mode
+    with pytest.raises(SystemExit) as error:
+        main(["tokenize-dataset", "--dataset_dir", str(audiofolder), "--split", "test", "--split_column", "split",
+              "--model", path, "--column_prefix", "pqvae_", "--push_to_hub", "someone/tokens"])
+    message = str(error.value.code)
+    assert message.startswith("pqvae tokenize-dataset: pushing to someone/tokens failed (")
+    assert "Nothing is lost: the tokens are saved in outputs/tokens/someone__tokens" in message
+    assert len(load_from_disk(str(tmp_path / "outputs" / "tokens" / "someone__tokens"))) == 6
+    assert "saved to outputs/tokens/someone__tokens first" in capsys.readouterr().err
+
+
+def test_a_cache_hit_is_reported_as_one_not_as_throughput(dataset, checkpoint):
+    _, path = checkpoint
+    data = dataset.select(range(5))
+    _, first = tokenize_dataset(data, path, batch_size=2, load_from_cache_file=False, return_summary=True)
+    _, again = tokenize_dataset(data, path, batch_size=2, return_summary=True)
+    assert first["cache_hit"] is False and first["tokens_per_second"] > 0
+    assert again["cache_hit"] is True and again["tokens_per_second"] is None
+    assert again["audio_seconds_per_second"] is None and again["tokens"] == first["tokens"]
+
+
+def test_an_existing_output_column_is_refused_or_prefixed(audiofolder, checkpoint):
+    _, path = checkpoint
+    data = load_audio_dataset(dataset_dir=str(audiofolder), split="test", split_column="split")
+    with pytest.raises(ValueError) as error:
+        tokenize_dataset(data, path)
+    assert str(error.value) == (
+        "The dataset already has column(s) ['duration_s'], which tokenization would overwrite: pass"
+        " column_prefix='pqvae_' (CLI: --column_prefix pqvae_) to write pqvae_audio_codes, pqvae_composite_ids,"
+        " pqvae_num_frames, pqvae_duration_s instead, or drop yours first (dataset.remove_columns(['duration_s'])).")
+    tokens = tokenize_dataset(data, path, column_prefix="pqvae_", load_from_cache_file=False)
+    assert tokens["duration_s"] == data["duration_s"]  # untouched
+    assert {"pqvae_audio_codes", "pqvae_duration_s", "pqvae_num_frames"} <= set(tokens.column_names)
+
+
+def test_a_folder_of_parquet_files_loads_with_its_splits(audiofolder, checkpoint, tmp_path):
+    _, path = checkpoint
+    source = load_audio_dataset(dataset_dir=str(audiofolder), split="test", split_column="split")
+    embedded = Dataset.from_dict({"audio": [{"bytes": open(cell["path"], "rb").read(), "path": cell["path"]}
+                                            for cell in source["audio"]]}).cast_column("audio", Audio())
+    (tmp_path / "hub" / "data").mkdir(parents=True)
+    embedded.to_parquet(tmp_path / "hub" / "data" / "test-00000-of-00001.parquet")
+    loaded = load_audio_dataset(dataset_dir=str(tmp_path / "hub"), split="test")
+    assert len(loaded) == 6 and loaded.features["audio"].decode is False
+    from_parquet = tokenize_dataset(loaded, path, load_from_cache_file=False)
+    from_files = tokenize_dataset(source.remove_columns(["duration_s"]), path, load_from_cache_file=False)
+    assert _rows(from_parquet) == _rows(from_files)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="For a dataset on the Hub pass --dataset_name ORG/NAME instead"):
+        load_audio_dataset(dataset_dir=str(tmp_path / "empty"), split="test")
+
+
+def test_the_summary_says_what_decoding_did(dataset, checkpoint, caplog):
+    _, path = checkpoint
+    with caplog.at_level("INFO", logger="pqvae_hf.dataset_tokenization"):
+        _, summary = tokenize_dataset(dataset, path, batch_size=4, num_proc=2, load_from_cache_file=False,
+                                      return_summary=True)
+    # The generated corpus: every third clip at 11025 Hz, every fourth in stereo (24 train clips).
+    assert summary["decoding"] == "resampled 8 clips from 11025 Hz; downmixed 6 multichannel clips to mono"
+    assert "Decoding: resampled 8 clips from 11025 Hz" in caplog.text

@@ -35,3 +35,26 @@ def test_export_and_onnxruntime_parity_with_dynamic_axes(tmp_path):
     decoder = ort.InferenceSession(paths["decoder"], providers=["CPUExecutionProvider"])
     mel, audio = decoder.run(None, {"audio_codes": torch_codes})
     assert mel.shape == (3, 20, length // 64 + 1) and audio.shape == (3, (length // 64) * 64)
+
+
+def test_code_agreement_on_clips_is_measured_with_tie_gaps(tmp_path):
+    from pqvae_hf.conversion.export_onnx import measure_codes_agreement
+
+    torch.manual_seed(0)
+    model = warm_up(PQVAEModel(tiny_config(codebook_size=64)))
+    paths = export(model, str(tmp_path))
+    clips = [chirp(0.7, 8000, 21), chirp(1.1, 8000, 22)]
+    result = measure_codes_agreement(model, paths["encoder"], clips)
+    assert result["clips"] == 2 and result["codes"] == 2 * ((5600 // 64 + 1) + (8800 // 64 + 1))
+    assert result["codes_agreement"] == 1 - result["codes_differing"] / result["codes"] >= 0.99
+    # Export, then give PyTorch's codebook a near-copy of its most used codeword in place of an unused one: the
+    # frames closer to the copy now differ from ONNX (which has no copy), each one a near-tie by construction.
+    with torch.no_grad():
+        used = torch.cat([model.encode(torch.from_numpy(c)[None, None]).audio_codes[0, 0] for c in clips])
+        counts = torch.bincount(used, minlength=64)
+        popular, spare = int(counts.argmax()), int((counts == 0).nonzero()[0])
+        codebook = model.quantizer.codebooks.codebook
+        codebook[0, spare] = codebook[0, popular] + 1e-6 * torch.randn(codebook.shape[-1])
+    tied = measure_codes_agreement(model, paths["encoder"], clips)
+    assert tied["codes_differing"] > 0 and tied["differing_distance_gap_percent"]["max"] < 1.0, tied
+    assert tied["codes_agreement"] < result["codes_agreement"]

@@ -100,4 +100,4 @@ def test_demo_command_runs_offline(tmp_path):
         assert (tmp_path / "demo" / name).exists(), name
     assert summary["tokens_per_second"] == pytest.approx(62.5, abs=0.2) and summary["bits_per_second"] == 1000
     assert summary["stoi"] is not None and summary["stoi"] > summary["griffin_lim"]["stoi"]
-    assert np.isfinite(summary["token_mel_l1"])
+    assert np.isfinite(summary["decoded_mel_l1"]) and np.isfinite(summary["waveform_mel_l1"])

@@ -11,7 +11,7 @@ import torch
 from conftest import TINY_OVERRIDES, chirp, load_in_clean_process
 from safetensors.torch import load_file
 
-from pqvae_hf.train import main
+from pqvae_hf.train import run as main
 
 COMMON = ["--split_column", "split", "--per_device_train_batch_size", "6", "--per_device_eval_batch_size", "4",
           "--learning_rate", "3e-3", "--report_to", "none", "--seed", "0", "--crop_seconds", "0.75",
