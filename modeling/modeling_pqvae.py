@@ -28,6 +28,8 @@ from .quantization_pqvae import (
     VectorQuantizerGroup,
     codes_to_composite,
     composite_to_codes,
+    float32_region,
+    keep_float32,
     perplexity_from_counts,
 )
 
@@ -127,7 +129,9 @@ class LogMelSpectrogram(nn.Module):
     """Fixed (non-trainable) front-end: waveform (B, T) -> natural-log mel magnitudes (B, num_mel_bins, F).
 
     The STFT is centred with zero padding (not reflection), so an example padded with zeros in a batch gives exactly
-    the frames it gives alone. Window and filterbank are non-persistent buffers rebuilt from the config.
+    the frames it gives alone. Window and filterbank are non-persistent buffers rebuilt from the config. It always
+    computes in float32 (buffers stay float32 when the model is cast to half precision; autocast is off inside) and
+    returns float32.
     """
 
     def __init__(self, config: PQVAEConfig):
@@ -136,19 +140,24 @@ class LogMelSpectrogram(nn.Module):
         self.hop_length = config.hop_length
         self.win_length = config.win_length
         self.log_floor = config.log_floor
-        self.register_buffer("window", torch.hann_window(config.win_length), persistent=False)
+        self.register_buffer("window", torch.hann_window(config.win_length, dtype=torch.float32), persistent=False)
         self.register_buffer("mel_filters", mel_filterbank(config), persistent=False)
 
+    def _apply(self, fn, recurse=True):
+        return super()._apply(keep_float32(fn), recurse)
+
     def magnitude(self, waveform: torch.Tensor) -> torch.Tensor:
-        spec = torch.stft(
-            waveform.float(), self.n_fft, hop_length=self.hop_length, win_length=self.win_length, window=self.window,
-            center=True, pad_mode="constant", return_complex=True,
-        )
-        return spec.abs()
+        with float32_region(waveform):
+            spec = torch.stft(
+                waveform.float(), self.n_fft, hop_length=self.hop_length, win_length=self.win_length,
+                window=self.window.float(), center=True, pad_mode="constant", return_complex=True,
+            )
+            return spec.abs()
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
-        mel = torch.matmul(self.mel_filters, self.magnitude(waveform))
-        return torch.log(torch.clamp(mel, min=self.log_floor))
+        with float32_region(waveform):
+            mel = torch.matmul(self.mel_filters.float(), self.magnitude(waveform))
+            return torch.log(torch.clamp(mel, min=self.log_floor))
 
 
 class GriffinLim(nn.Module):
@@ -226,6 +235,7 @@ class ConvNeXtStack(nn.Module):
         self.proj_out = nn.Linear(config.hidden_size, out_dim)
 
     def forward(self, features: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
+        features = features.to(self.conv_in.weight.dtype)  # float32 front-end / quantizer output -> model dtype
         mask = frame_mask[:, None, :].to(features.dtype)
         hidden = self.conv_in(features * mask)
         hidden = self.norm_in(hidden.transpose(1, 2)).transpose(1, 2)
@@ -244,6 +254,9 @@ class PQVAEPreTrainedModel(PreTrainedAudioTokenizerBase):
     config: PQVAEConfig
     base_model_prefix = "pqvae"
     main_input_name = "input_values"
+    # `from_pretrained(..., dtype=torch.bfloat16 / torch.float16)` loads encoder, decoder and vocoder in that dtype
+    # but the codebooks and their statistics in float32; the front-end and the quantizer also compute in float32.
+    _keep_in_fp32_modules_strict = ["front_end", "quantizer"]
 
     @torch.no_grad()
     def _init_weights(self, module):
@@ -394,6 +407,7 @@ class PQVAEModel(PQVAEPreTrainedModel):
         return self.decoder(latents.transpose(1, 2), frame_mask).transpose(1, 2)
 
     def _mel_loss(self, prediction: torch.Tensor, target: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
+        prediction, target = prediction.float(), target.float()  # a float32 loss, whatever the decoder's dtype
         weights = frame_mask[:, None, :].to(prediction.dtype)
         denom = weights.sum().clamp_min(1.0) * prediction.shape[1]
         error = prediction - target

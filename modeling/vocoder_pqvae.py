@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .configuration_pqvae import PQVAEConfig
+from .quantization_pqvae import keep_float32
 
 
 class VocoderConvNeXtBlock(nn.Module):
@@ -74,23 +75,30 @@ class PQVAEVocoder(nn.Module):
         self.norm_out = nn.LayerNorm(channels, eps=config.layer_norm_eps)
         # Per frame: K log-magnitudes followed by K phases.
         self.proj_out = nn.Linear(channels, 2 * self.num_freq_bins)
-        self.register_buffer("window", torch.hann_window(config.win_length), persistent=False)
+        # The inverse STFT runs in float32 (its window stays float32 when the model is cast to half precision).
+        self.register_buffer("window", torch.hann_window(config.win_length, dtype=torch.float32), persistent=False)
+
+    def _apply(self, fn, recurse=True):
+        return super()._apply(keep_float32(fn, only=(self.window,)), recurse)
 
     def reset_buffers(self) -> None:
         """Recompute the non-persistent ISTFT window (called from `_init_weights` after meta-device loading)."""
         with torch.no_grad():
             if self.window.is_meta:  # no storage to fill yet: materialise on CPU, `.to()` moves it with the module
-                self.window = torch.hann_window(self.win_length, dtype=self.window.dtype)
+                self.window = torch.hann_window(self.win_length, dtype=torch.float32)
             else:
                 self.window.copy_(torch.hann_window(self.win_length, dtype=self.window.dtype).to(self.window.device))
 
     def magnitude_and_phase(self, log_mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """log-mel (B, M, F) -> STFT magnitude and phase, each (B, K, F) float32 (real tensors: ONNX-exportable)."""
-        hidden = self.embed(log_mel.float())
+        """log-mel (B, M, F) -> STFT magnitude and phase, each (B, K, F) float32 (real tensors: ONNX-exportable).
+
+        The backbone runs in the vocoder's parameter dtype (or autocast's); its output is cast to float32 before
+        the exponential and the inverse STFT."""
+        hidden = self.embed(log_mel.to(self.embed.weight.dtype))
         hidden = self.norm_in(hidden.transpose(1, 2)).transpose(1, 2)
         for block in self.blocks:
             hidden = block(hidden)
-        out = self.proj_out(self.norm_out(hidden.transpose(1, 2))).transpose(1, 2)  # (B, 2K, F)
+        out = self.proj_out(self.norm_out(hidden.transpose(1, 2))).transpose(1, 2).float()  # (B, 2K, F)
         log_magnitude, phase = out.chunk(2, dim=1)
         # Clamping before exp (not after) keeps the forward finite and the gradient defined everywhere.
         magnitude = torch.exp(log_magnitude.clamp(max=self.max_log_magnitude))

@@ -9,6 +9,8 @@ sub-codebook (`codebook_size`), d = D / M for product quantization.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 from dataclasses import dataclass, field
 
@@ -16,6 +18,53 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+
+# --------------------------------------------------------------------------------------------------------------------
+# Float32 islands: the mel front-end and the quantizer compute in float32 whatever the model's dtype or autocast.
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def float32_region(tensor: torch.Tensor):
+    """A context that turns autocast off on `tensor`'s device type, so ops inside run in the dtype of their inputs.
+
+    Used around the codebook search, EMA and statistics: a bfloat16 distance computation (what autocast, e.g.
+    Trainer's `--bf16`, makes of `baddbmm`) flips nearest-codeword decisions between close codewords, and EMA sums
+    lose counts in half precision.
+    """
+    device_type = tensor.device.type
+    if torch.amp.is_autocast_available(device_type):
+        return torch.autocast(device_type=device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def keep_float32(fn, only: tuple[torch.Tensor, ...] | None = None):
+    """Wraps the function `nn.Module._apply` maps over tensors so float32 tensors never go to a lower precision.
+
+    `module.to(torch.bfloat16)`, `.half()` and `.to(device, dtype)` then move these tensors to the new device but
+    keep them float32, exactly (not rounded through the half format). `only`: restrict this to these tensors.
+    """
+
+    def apply(tensor):
+        result = fn(tensor)
+        lowered = (torch.is_tensor(result) and tensor.dtype == torch.float32 and result.is_floating_point()
+                   and torch.finfo(result.dtype).bits < 32)
+        if lowered and (only is None or any(tensor is kept for kept in only)):
+            return tensor.to(device=result.device)
+        return result
+
+    return apply
+
+
+def in_float32(method):
+    """Decorator for `method(self, latents, ...)`: runs it with autocast off and floating `latents` cast to float32."""
+
+    @functools.wraps(method)
+    def wrapper(self, latents, *args, **kwargs):
+        with float32_region(latents):
+            return method(self, latents.float() if latents.is_floating_point() else latents, *args, **kwargs)
+
+    return wrapper
+
 
 # --------------------------------------------------------------------------------------------------------------------
 # Composite ids: the M sub-codes of one frame as one integer of the N^M codebook.
@@ -207,6 +256,9 @@ class VectorQuantizerGroup(nn.Module):
     Buffers: `codebook` is a Parameter (trained by gradient unless `use_ema`), `ema_cluster_size` / `ema_embed_sum`
     hold EMA statistics, `usage_ema` the moving-average assignment counts for dead-code restarts, `initialized`
     whether k-means init has run, `steps` the number of training forwards seen.
+
+    Precision: codebook and statistics are float32 and stay float32 when the model is cast to half precision;
+    search, EMA, k-means and restarts run in float32 with autocast off. Outputs (codewords) are float32.
     """
 
     def __init__(
@@ -239,10 +291,12 @@ class VectorQuantizerGroup(nn.Module):
         # Set by `PQVAEModel.freeze_codebooks()` (fine-tuning): no k-means, EMA or restarts, no gradient.
         self.frozen = False
 
-        self.codebook = nn.Parameter(torch.empty(num_groups, codebook_size, dim), requires_grad=not use_ema)
-        self.register_buffer("ema_cluster_size", torch.zeros(num_groups, codebook_size))
-        self.register_buffer("ema_embed_sum", torch.zeros(num_groups, codebook_size, dim))
-        self.register_buffer("usage_ema", torch.zeros(num_groups, codebook_size))
+        # Explicit float32: transformers builds the model under the requested default dtype.
+        float32 = dict(dtype=torch.float32)
+        self.codebook = nn.Parameter(torch.empty(num_groups, codebook_size, dim, **float32), requires_grad=not use_ema)
+        self.register_buffer("ema_cluster_size", torch.zeros(num_groups, codebook_size, **float32))
+        self.register_buffer("ema_embed_sum", torch.zeros(num_groups, codebook_size, dim, **float32))
+        self.register_buffer("usage_ema", torch.zeros(num_groups, codebook_size, **float32))
         self.register_buffer("initialized", torch.tensor(not kmeans_init))
         self.register_buffer("steps", torch.tensor(0, dtype=torch.int64))
 
@@ -256,18 +310,23 @@ class VectorQuantizerGroup(nn.Module):
             self.initialized.fill_(not self.kmeans_init)
             self.steps.zero_()
 
+    def _apply(self, fn, recurse=True):
+        return super()._apply(keep_float32(fn), recurse)
+
     def _normalized(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(x, dim=-1) if self.use_cosine else x
 
     def search(self, latents: torch.Tensor) -> torch.Tensor:
-        """Nearest codeword per group. latents (n, G, d) -> codes (n, G) int64, by squared L2 (or cosine)."""
-        x = self._normalized(latents).transpose(0, 1)  # (G, n, d)
-        # argmin ||x - c||^2 = argmin (||c||^2 - 2 x.c): ||x||^2 is constant per row and skipped.
-        return _distances_without_input_norm(x, self._normalized(self.codebook)).argmin(dim=-1).transpose(0, 1)
+        """Nearest codeword per group. latents (n, G, d) -> codes (n, G) int64, by squared L2 (or cosine), in float32."""
+        with float32_region(latents):
+            x = self._normalized(latents.float()).transpose(0, 1)  # (G, n, d)
+            # argmin ||x - c||^2 = argmin (||c||^2 - 2 x.c): ||x||^2 is constant per row and skipped.
+            codebook = self._normalized(self.codebook.float())
+            return _distances_without_input_norm(x, codebook).argmin(dim=-1).transpose(0, 1)
 
     def lookup(self, codes: torch.Tensor) -> torch.Tensor:
-        """codes (n, G) -> codewords (n, G, d)."""
-        codebook = self._normalized(self.codebook)
+        """codes (n, G) -> codewords (n, G, d) float32."""
+        codebook = self._normalized(self.codebook.float())
         group_index = torch.arange(self.num_groups, device=codes.device)
         return codebook[group_index, codes]
 
@@ -321,40 +380,42 @@ class VectorQuantizerGroup(nn.Module):
         p(k | x) = softmax_k(-||x - c_k||^2 / tau), with tau = `temperature` x the batch's mean squared distance to
         the nearest codeword (scale-free). Loss = mean over groups of [mean_x H(p(.|x)) - H(mean_x p(.|x))] / log N:
         the first term keeps each frame's assignment confident, the second spreads the batch over all N codewords.
-        Its gradient reaches the encoder only; codewords move by EMA / their own loss. Lies in [-1, 1].
+        Its gradient reaches the encoder only; codewords move by EMA / their own loss. Lies in [-1, 1]. Float32.
         """
-        x = self._normalized(valid_latents).transpose(0, 1)  # (G, n, d)
-        distances = _distances_without_input_norm(x, self._normalized(self.codebook).detach())
-        distances = distances + (x**2).sum(-1, keepdim=True)  # (G, n, N) squared distances
-        scale = distances.detach().min(dim=-1).values.mean(dim=-1).clamp_min(1e-8)[:, None, None]
-        log_probs = F.log_softmax(-distances / (temperature * scale), dim=-1)
-        probs = log_probs.exp()
-        frame_entropy = -(probs * log_probs).sum(-1).mean(-1)  # (G,)
-        mean_probs = probs.mean(dim=1)
-        batch_entropy = -(mean_probs * mean_probs.clamp_min(1e-12).log()).sum(-1)
-        return ((frame_entropy - batch_entropy) / math.log(self.codebook_size)).mean()
+        with float32_region(valid_latents):
+            x = self._normalized(valid_latents.float()).transpose(0, 1)  # (G, n, d)
+            distances = _distances_without_input_norm(x, self._normalized(self.codebook.float()).detach())
+            distances = distances + (x**2).sum(-1, keepdim=True)  # (G, n, N) squared distances
+            scale = distances.detach().min(dim=-1).values.mean(dim=-1).clamp_min(1e-8)[:, None, None]
+            log_probs = F.log_softmax(-distances / (temperature * scale), dim=-1)
+            probs = log_probs.exp()
+            frame_entropy = -(probs * log_probs).sum(-1).mean(-1)  # (G,)
+            mean_probs = probs.mean(dim=1)
+            batch_entropy = -(mean_probs * mean_probs.clamp_min(1e-12).log()).sum(-1)
+            return ((frame_entropy - batch_entropy) / math.log(self.codebook_size)).mean()
 
     def forward(self, latents: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """latents (B, T, G, d), mask (B, T) -> (codewords (B, T, G, d) without straight-through, codes (B, T, G)).
 
         In training mode this also runs k-means init (first batch), EMA updates and dead-code restarts, all from
-        valid frames only.
+        valid frames only, in float32 whatever the input dtype or autocast state. Codewords are float32.
         """
-        batch, frames = latents.shape[:2]
-        flat = latents.reshape(batch * frames, self.num_groups, self.dim)
-        valid = flat[mask.reshape(-1).bool()].detach().float()
-        updating = self.training and not self.frozen
-        if updating and not bool(self.initialized) and valid.shape[0] > 0:
-            self._initialize(valid)
-        codes = self.search(flat.detach())
-        if updating:
-            valid_codes = codes[mask.reshape(-1).bool()]
-            self._update_statistics(valid, valid_codes)
-            self.steps += 1
-            if self.dead_code_threshold > 0 and int(self.steps) % self.dead_code_restart_interval == 0:
-                self._restart_dead_codes(valid)
-                codes = self.search(flat.detach())
-        codewords = self.lookup(codes)
+        with float32_region(latents):
+            batch, frames = latents.shape[:2]
+            flat = latents.detach().float().reshape(batch * frames, self.num_groups, self.dim)
+            valid = flat[mask.reshape(-1).bool()]
+            updating = self.training and not self.frozen
+            if updating and not bool(self.initialized) and valid.shape[0] > 0:
+                self._initialize(valid)
+            codes = self.search(flat)
+            if updating:
+                valid_codes = codes[mask.reshape(-1).bool()]
+                self._update_statistics(valid, valid_codes)
+                self.steps += 1
+                if self.dead_code_threshold > 0 and int(self.steps) % self.dead_code_restart_interval == 0:
+                    self._restart_dead_codes(valid)
+                    codes = self.search(flat)
+            codewords = self.lookup(codes)
         return codewords.view(batch, frames, self.num_groups, self.dim), codes.view(batch, frames, self.num_groups)
 
 
@@ -416,10 +477,13 @@ class ProductQuantizer(nn.Module):
         self.entropy_temperature = entropy_temperature
         self.codebooks = VectorQuantizerGroup(num_codebooks, codebook_size, codebook_dim // num_codebooks, **flags)
         if subspace_rotation == "opq":
-            self.register_buffer("rotation", torch.eye(codebook_dim))
+            self.register_buffer("rotation", torch.eye(codebook_dim, dtype=torch.float32))
             self.register_buffer("rotation_initialized", torch.tensor(False))
-            self.register_buffer("ema_cross_covariance", torch.zeros(codebook_dim, codebook_dim))
+            self.register_buffer("ema_cross_covariance", torch.zeros(codebook_dim, codebook_dim, dtype=torch.float32))
             self.register_buffer("rotation_steps", torch.tensor(0, dtype=torch.int64))
+
+    def _apply(self, fn, recurse=True):
+        return super()._apply(keep_float32(fn), recurse)
 
     def _rotate(self, latents: torch.Tensor) -> torch.Tensor:
         if self.subspace_rotation != "opq":
@@ -438,8 +502,11 @@ class ProductQuantizer(nn.Module):
             left, _, right_t = torch.linalg.svd(self.ema_cross_covariance.double())
             self.rotation.copy_((left @ right_t).to(self.rotation.dtype))
 
+    @in_float32
     def forward(self, latents: torch.Tensor, mask: torch.Tensor, with_entropy_loss: bool = False) -> QuantizerOutput:
-        """latents (B, T, D), mask (B, T) -> QuantizerOutput with quantized (B, T, D) and codes (B, M, T)."""
+        """latents (B, T, D), mask (B, T) -> QuantizerOutput with quantized (B, T, D) and codes (B, M, T).
+
+        Everything runs in float32 (autocast off); gradients flow back to `latents` in their own dtype."""
         batch, frames, _ = latents.shape
         updating = self.training and not self.codebooks.frozen
         valid_mask = mask.reshape(-1).bool()
@@ -462,6 +529,7 @@ class ProductQuantizer(nn.Module):
             output.entropy_loss = self.codebooks.entropy_loss(valid_chunks, self.entropy_temperature)
         return output
 
+    @in_float32
     def encode(self, latents: torch.Tensor) -> torch.Tensor:
         """latents (B, T, D) -> codes (B, M, T), no training side effects."""
         batch, frames, _ = latents.shape
@@ -491,6 +559,7 @@ class ResidualQuantizer(nn.Module):
             VectorQuantizerGroup(1, codebook_size, codebook_dim, **flags) for _ in range(num_codebooks)
         )
 
+    @in_float32
     def forward(self, latents: torch.Tensor, mask: torch.Tensor, with_entropy_loss: bool = False) -> QuantizerOutput:
         batch, frames, dim = latents.shape
         residual = latents
@@ -512,6 +581,7 @@ class ResidualQuantizer(nn.Module):
             output.entropy_loss = torch.stack(entropy_losses).mean()
         return output
 
+    @in_float32
     def encode(self, latents: torch.Tensor) -> torch.Tensor:
         batch, frames, dim = latents.shape
         residual = latents.reshape(batch * frames, 1, dim)
