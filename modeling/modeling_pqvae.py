@@ -164,7 +164,8 @@ class GriffinLim(nn.Module):
     """Weight-free vocoder: log-mel (B, num_mel_bins, F) -> waveform (B, (F - 1) * hop_length).
 
     Magnitudes are recovered with the filterbank's pseudo-inverse, then phases by Griffin-Lim with momentum
-    (Perraud et al. 2013). A neural vocoder can replace this module without touching the tokenizer.
+    (Perraud et al. 2013). A neural vocoder can replace this module without touching the tokenizer. With a
+    `frame_mask` (B, F), each example is reconstructed from its own valid frames, as alone, and zero-padded.
     """
 
     def __init__(self, config: PQVAEConfig, front_end: LogMelSpectrogram):
@@ -173,7 +174,16 @@ class GriffinLim(nn.Module):
         self.num_iters = config.griffin_lim_iters
         self.momentum = 0.99
 
-    def forward(self, log_mel: torch.Tensor) -> torch.Tensor:
+    def forward(self, log_mel: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
+        if frame_mask is not None and not bool(frame_mask.bool().all()):
+            # The iterations couple all frames within a window and start from random phases, so padded examples are
+            # reconstructed one by one from their own frames (Griffin-Lim is a fallback; its speed matters little).
+            length = (log_mel.shape[-1] - 1) * self.front_end[0].hop_length
+            outputs = []
+            for example, valid in zip(log_mel, frame_mask.long().sum(-1).tolist()):
+                audio = self(example[None, :, :valid])[0]
+                outputs.append(F.pad(audio, (0, length - audio.shape[-1])))
+            return torch.stack(outputs)
         front = self.front_end[0]
         magnitude = torch.linalg.pinv(front.mel_filters.double()).float() @ torch.exp(log_mel.float())
         magnitude = magnitude.clamp_min(0.0)
@@ -474,9 +484,13 @@ class PQVAEModel(PQVAEPreTrainedModel):
         else:
             frame_mask = torch.ones(batch_size, num_frames, dtype=torch.long, device=audio_codes.device)
         mel = self._decode_latents(self.quantizer.decode(audio_codes.long()), frame_mask)
+        if padding_mask is not None:
+            # Padded frames hold the log-mel of silence (what the front-end gives for zero padding), not decoder output.
+            mel = mel.masked_fill(~frame_mask[:, None, :].bool(), math.log(self.config.log_floor))
         audio_values = None
         if return_waveform and self.vocoder is not None:
-            audio = self.vocoder(mel)  # (B, (F - 1) * hop)
+            # With padding, the vocoder sees only each example's own frames: batched audio equals audio decoded alone.
+            audio = self.vocoder(mel, frame_mask if padding_mask is not None else None)  # (B, (F - 1) * hop)
             if padding_mask is not None:
                 audio = F.pad(audio, (0, max(0, padding_mask.shape[-1] - audio.shape[-1])))[:, : padding_mask.shape[-1]]
                 audio = audio * padding_mask.to(audio.dtype)

@@ -1,3 +1,5 @@
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -203,3 +205,31 @@ def test_bad_codes_raise_clear_errors(tiny_model):
     with pytest.raises(ValueError, match=r"\[0, 256\)"):
         tiny_model.composite_to_codes(torch.tensor([[256]]))
     assert np.array_equal(tiny_model.composite_to_codes(torch.tensor([[255]])).numpy(), [[[15], [15]]])
+
+
+@pytest.mark.parametrize("vocoder", ["neural", "griffin_lim"])
+def test_batched_decode_equals_each_example_decoded_alone(vocoder):
+    """Padding never leaks into a shorter example's mel or audio: vocoder convolutions and the inverse STFT's
+    overlap-add see only its own frames."""
+    torch.manual_seed(0)
+    model = warm_up(PQVAEModel(tiny_config(vocoder=vocoder, vocoder_hidden_size=32, vocoder_intermediate_size=64,
+                                           vocoder_num_layers=2)))
+    audio, batch = _features(model, [1.0, 0.37, 0.61, 0.05, 0.3], seed=3)
+    codes = model.encode(**batch).audio_codes
+    # Garbage codes in the padded frames must not matter either.
+    frame_mask = model.encode(**batch).frame_mask
+    noisy_codes = torch.where(frame_mask[:, None].bool(), codes, torch.randint_like(codes, model.config.codebook_size))
+    with torch.no_grad():
+        batched = model.decode(noisy_codes, batch["padding_mask"])
+    hop = model.config.hop_length
+    for index, example in enumerate(audio):
+        length, valid = len(example), len(example) // hop + 1
+        with torch.no_grad():
+            alone = model.decode(codes[index : index + 1, :, :valid], torch.ones(1, length, dtype=torch.long))
+        torch.testing.assert_close(batched.mel[index, :, :valid], alone.mel[0], atol=1e-5, rtol=0)
+        assert alone.audio_values.shape == (1, 1, length)
+        assert float(alone.audio_values.abs().max()) > 1e-4 or valid < 2
+        torch.testing.assert_close(batched.audio_values[index, :, :length], alone.audio_values[0], atol=1e-5, rtol=0)
+        assert float(batched.audio_values[index, :, length:].abs().sum()) == 0.0
+        # Padded frames of the returned mel hold the log-mel of silence, what the front-end gives for padding.
+        assert bool((batched.mel[index, :, valid:] == math.log(model.config.log_floor)).all())
