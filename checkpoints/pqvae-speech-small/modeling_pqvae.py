@@ -309,6 +309,7 @@ class PQVAEModel(PQVAEPreTrainedModel):
         quantizer_flags = dict(
             use_ema=config.use_ema, ema_decay=config.ema_decay, kmeans_init=config.kmeans_init,
             kmeans_iters=config.kmeans_iters, dead_code_threshold=config.dead_code_threshold,
+            dead_code_threshold_mode=config.dead_code_threshold_mode,
             dead_code_restart_interval=config.dead_code_restart_interval, usage_decay=config.usage_decay,
             use_cosine=config.use_cosine_codebook, entropy_temperature=config.entropy_temperature,
         )

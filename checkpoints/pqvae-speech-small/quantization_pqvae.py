@@ -24,6 +24,9 @@ from torch import nn
 # --------------------------------------------------------------------------------------------------------------------
 
 
+DEAD_CODE_THRESHOLD_MODES = ("relative", "absolute")
+
+
 def float32_region(tensor: torch.Tensor):
     """A context that turns autocast off on `tensor`'s device type, so ops inside run in the dtype of their inputs.
 
@@ -254,8 +257,13 @@ class VectorQuantizerGroup(nn.Module):
     Training tricks are named flags: EMA updates, k-means init, dead-code restarts, cosine (l2-normalised) search.
 
     Buffers: `codebook` is a Parameter (trained by gradient unless `use_ema`), `ema_cluster_size` / `ema_embed_sum`
-    hold EMA statistics, `usage_ema` the moving-average assignment counts for dead-code restarts, `initialized`
-    whether k-means init has run, `steps` the number of training forwards seen.
+    hold EMA statistics, `usage_ema` the moving-average usage for dead-code restarts, `initialized` whether k-means
+    init has run, `steps` the number of training forwards seen.
+
+    Dead codes: with `dead_code_threshold_mode="relative"` (default) `usage_ema` is each codeword's share of the
+    batch's valid frames times N (1.0 = the uniform share, so independent of batch size and process count) and a
+    codeword is dead below `dead_code_threshold` of that; with `"absolute"` it is the number of assignments per
+    (global) batch and the threshold is a count.
 
     Precision: codebook and statistics are float32 and stay float32 when the model is cast to half precision;
     search, EMA, k-means and restarts run in float32 with autocast off. Outputs (codewords) are float32.
@@ -271,12 +279,16 @@ class VectorQuantizerGroup(nn.Module):
         ema_decay: float = 0.99,
         kmeans_init: bool = True,
         kmeans_iters: int = 10,
-        dead_code_threshold: float = 1.0,
+        dead_code_threshold: float = 0.2,
+        dead_code_threshold_mode: str = "relative",
         dead_code_restart_interval: int = 50,
         usage_decay: float = 0.99,
         use_cosine: bool = False,
     ):
         super().__init__()
+        if dead_code_threshold_mode not in DEAD_CODE_THRESHOLD_MODES:
+            raise ValueError(f"`dead_code_threshold_mode` must be one of {DEAD_CODE_THRESHOLD_MODES}, got"
+                             f" {dead_code_threshold_mode!r}.")
         self.num_groups = num_groups
         self.codebook_size = codebook_size
         self.dim = dim
@@ -285,6 +297,7 @@ class VectorQuantizerGroup(nn.Module):
         self.kmeans_init = kmeans_init
         self.kmeans_iters = kmeans_iters
         self.dead_code_threshold = dead_code_threshold
+        self.dead_code_threshold_mode = dead_code_threshold_mode
         self.dead_code_restart_interval = dead_code_restart_interval
         self.usage_decay = usage_decay
         self.use_cosine = use_cosine
@@ -306,7 +319,7 @@ class VectorQuantizerGroup(nn.Module):
             self.codebook.uniform_(-1.0 / self.codebook_size, 1.0 / self.codebook_size)
             self.ema_embed_sum.copy_(self.codebook)
             self.ema_cluster_size.fill_(1.0)
-            self.usage_ema.fill_(self.dead_code_threshold)
+            self.usage_ema.fill_(max(self.dead_code_threshold, 1.0))  # as `_init_weights`: at least the uniform share
             self.initialized.fill_(not self.kmeans_init)
             self.steps.zero_()
 
@@ -346,7 +359,11 @@ class VectorQuantizerGroup(nn.Module):
         """EMA codebook update and usage tracking from the valid frames of this batch (summed over processes)."""
         one_hot = F.one_hot(codes, self.codebook_size).to(valid_latents.dtype)  # (n, G, N)
         counts = _all_reduce_sum(one_hot.sum(0))  # (G, N)
-        self.usage_ema.mul_(self.usage_decay).add_(counts, alpha=1 - self.usage_decay)
+        if self.dead_code_threshold_mode == "relative":  # share of this (global) batch's frames, 1.0 = uniform
+            usage = counts * (self.codebook_size / counts.sum(-1, keepdim=True).clamp_min(1.0))
+        else:  # assignments per (global) batch
+            usage = counts
+        self.usage_ema.mul_(self.usage_decay).add_(usage, alpha=1 - self.usage_decay)
         if self.use_ema:
             sums = _all_reduce_sum(torch.einsum("ngk,ngd->gkd", one_hot, self._normalized(valid_latents)))
             self.ema_cluster_size.mul_(self.ema_decay).add_(counts, alpha=1 - self.ema_decay)
