@@ -212,6 +212,16 @@ class PQVAEConfig(PreTrainedConfig):
                 f"quantizer_type='vq' is a single codebook: set num_codebooks=1 (got {self.num_codebooks}), or use"
                 " quantizer_type='pq' for several sub-codebooks."
             )
+        if self.composite_codebook_size > 2**63 - 1:
+            raise ValueError(
+                f"codebook_size ** num_codebooks = {self.codebook_size}^{self.num_codebooks} composite ids do not fit"
+                " in int64 (the dtype of codes and composite ids); use fewer or smaller codebooks."
+            )
+        if self.quantizer_type == "rvq" and self.use_cosine_codebook:
+            raise ValueError(
+                "use_cosine_codebook=True is not defined for quantizer_type='rvq' (residuals are not unit vectors):"
+                " set use_cosine_codebook=False, or use quantizer_type='pq' / 'vq'."
+            )
         if self.quantizer_type in ("pq", "vq") and self.codebook_dim % self.num_codebooks != 0:
             raise ValueError(
                 f"Product quantization splits codebook_dim={self.codebook_dim} into num_codebooks={self.num_codebooks}"

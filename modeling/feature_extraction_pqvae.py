@@ -42,8 +42,17 @@ class PQVAEFeatureExtractor(SequenceFeatureExtractor):
                  mono: bool = False, **kwargs):
         if feature_size != 1:
             raise ValueError(f"PQ-VAE models take mono audio: feature_size must be 1, got {feature_size}.")
+        self._check_padding_side(kwargs.get("padding_side", "right"))
         super().__init__(feature_size=feature_size, sampling_rate=sampling_rate, padding_value=padding_value, **kwargs)
         self.mono = mono
+
+    @staticmethod
+    def _check_padding_side(padding_side) -> None:
+        if padding_side != "right":
+            raise ValueError(
+                f"padding_side={padding_side!r} is not supported: the model derives each example's frames from the"
+                " number of real samples at the start of its row (right padding). Use padding_side='right'."
+            )
 
     def _to_mono_float(self, audio, index: int, mono: bool) -> np.ndarray:
         if hasattr(audio, "detach"):  # torch tensor, without importing torch here
@@ -106,6 +115,7 @@ class PQVAEFeatureExtractor(SequenceFeatureExtractor):
         Returns:
             [`BatchFeature`] with `input_values` (B, 1, T) float32 and `padding_mask` (B, T) int (1 = real sample).
         """
+        self._check_padding_side(kwargs.pop("padding_side", self.padding_side))
         if kwargs:
             raise TypeError(f"Unexpected arguments: {sorted(kwargs)}.")
         if sampling_rate is None:

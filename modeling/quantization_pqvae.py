@@ -257,8 +257,11 @@ class VectorQuantizerGroup(nn.Module):
     Training tricks are named flags: EMA updates, k-means init, dead-code restarts, cosine (l2-normalised) search.
 
     Buffers: `codebook` is a Parameter (trained by gradient unless `use_ema`), `ema_cluster_size` / `ema_embed_sum`
-    hold EMA statistics, `usage_ema` the moving-average usage for dead-code restarts, `initialized` whether k-means
-    init has run, `steps` the number of training forwards seen.
+    hold EMA statistics, `usage_ema` the moving-average usage for dead-code restarts, `initialized` whether the
+    statistics have been seeded, `steps` the number of training forwards seen. All buffers start at zero (False) and
+    are seeded by the first training forward: k-means on its valid frames sets the codebook (with `kmeans_init`),
+    then each codeword's EMA sum is itself with a cluster size of one and its usage the uniform share (or the
+    threshold, when larger).
 
     Dead codes: with `dead_code_threshold_mode="relative"` (default) `usage_ema` is each codeword's share of the
     batch's valid frames times N (1.0 = the uniform share, so independent of batch size and process count) and a
@@ -310,17 +313,18 @@ class VectorQuantizerGroup(nn.Module):
         self.register_buffer("ema_cluster_size", torch.zeros(num_groups, codebook_size, **float32))
         self.register_buffer("ema_embed_sum", torch.zeros(num_groups, codebook_size, dim, **float32))
         self.register_buffer("usage_ema", torch.zeros(num_groups, codebook_size, **float32))
-        self.register_buffer("initialized", torch.tensor(not kmeans_init))
+        self.register_buffer("initialized", torch.tensor(False))
         self.register_buffer("steps", torch.tensor(0, dtype=torch.int64))
 
     def reset_codebook(self) -> None:
-        """Default init: uniform(-1/N, 1/N) as in the original VQ-VAE (k-means init replaces it on the first batch)."""
+        """Default init: uniform(-1/N, 1/N) as in the original VQ-VAE (k-means init replaces it on the first batch),
+        statistics zero and unseeded, as registered (the same as `PQVAEPreTrainedModel._init_weights`)."""
         with torch.no_grad():
             self.codebook.uniform_(-1.0 / self.codebook_size, 1.0 / self.codebook_size)
-            self.ema_embed_sum.copy_(self.codebook)
-            self.ema_cluster_size.fill_(1.0)
-            self.usage_ema.fill_(max(self.dead_code_threshold, 1.0))  # as `_init_weights`: at least the uniform share
-            self.initialized.fill_(not self.kmeans_init)
+            self.ema_embed_sum.zero_()
+            self.ema_cluster_size.zero_()
+            self.usage_ema.zero_()
+            self.initialized.fill_(False)
             self.steps.zero_()
 
     def _apply(self, fn, recurse=True):
@@ -345,9 +349,14 @@ class VectorQuantizerGroup(nn.Module):
 
     @torch.no_grad()
     def _initialize(self, valid_latents: torch.Tensor) -> None:
-        samples = self._normalized(valid_latents).transpose(0, 1).float()  # (G, n, d)
-        # Ranks hold different frames: each runs k-means on its own, rank 0's centroids win everywhere.
-        centroids = _broadcast(kmeans(samples, self.codebook_size, self.kmeans_iters).contiguous())
+        """Seeds codebook (k-means, with `kmeans_init`) and statistics from the first training batch."""
+        if self.kmeans_init:
+            samples = self._normalized(valid_latents).transpose(0, 1).float()  # (G, n, d)
+            # Ranks hold different frames: each runs k-means on its own, rank 0's centroids win everywhere.
+            centroids = kmeans(samples, self.codebook_size, self.kmeans_iters)
+        else:
+            centroids = self.codebook.data.float()
+        centroids = _broadcast(centroids.contiguous())  # identical codebooks on every rank
         self.codebook.data.copy_(centroids)
         self.ema_embed_sum.copy_(centroids)
         self.ema_cluster_size.fill_(1.0)

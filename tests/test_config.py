@@ -41,6 +41,9 @@ def test_defaults_and_derived_properties():
         (dict(subspace_rotation="pca"), "subspace_rotation"),
         (dict(subspace_rotation="opq", quantizer_type="rvq"), "quantizer_type='pq'"),
         (dict(rotation_update_interval=0), "rotation_update_interval"),
+        (dict(quantizer_type="rvq", use_cosine_codebook=True), "use_cosine_codebook"),
+        (dict(codebook_size=65536, num_codebooks=4, codebook_dim=64), "int64"),
+        (dict(quantizer_type="rvq", codebook_size=2**32, num_codebooks=2), "int64"),
     ],
 )
 def test_invalid_configs_raise_clear_value_errors(kwargs, message):

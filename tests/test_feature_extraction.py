@@ -91,3 +91,33 @@ def test_processor_lm_tokens_round_trip_with_offset_and_markers(tmp_path):
 
 def test_config_and_feature_extractor_rates_agree():
     assert PQVAEFeatureExtractor().sampling_rate == PQVAEConfig().sampling_rate
+
+
+def test_left_padding_is_refused_because_the_frame_mask_assumes_right_padding(fe):
+    with pytest.raises(ValueError, match="padding_side"):
+        PQVAEFeatureExtractor(sampling_rate=16000, padding_side="left")
+    assert PQVAEFeatureExtractor(sampling_rate=16000, padding_side="right").padding_side == "right"
+    with pytest.raises(ValueError, match="padding_side"):
+        fe([np.ones(10), np.ones(4)], sampling_rate=16000, padding_side="left")
+    fe.padding_side = "left"
+    with pytest.raises(ValueError, match="padding_side"):
+        fe([np.ones(10), np.ones(4)], sampling_rate=16000)
+
+
+def test_processor_must_match_the_model_it_is_saved_with(tmp_path):
+    from conftest import tiny_config
+
+    from pqvae_hf import PQVAEModel
+
+    model = PQVAEModel(tiny_config())  # M = 2, N = 16
+    model.save_pretrained(tmp_path)
+    feature_extractor = PQVAEFeatureExtractor(sampling_rate=8000)
+    PQVAEProcessor(feature_extractor, num_codebooks=2, codebook_size=256).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="codebook_size"):
+        AutoProcessor.from_pretrained(tmp_path)
+    PQVAEProcessor(feature_extractor, num_codebooks=2, codebook_size=16).save_pretrained(tmp_path)
+    assert AutoProcessor.from_pretrained(tmp_path).codebook_size == 16
+    processor = AutoProcessor.from_pretrained(tmp_path)
+    processor.check_model_config(model.config)
+    with pytest.raises(ValueError, match="num_codebooks"):
+        processor.check_model_config(tiny_config(num_codebooks=4))

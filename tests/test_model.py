@@ -233,3 +233,63 @@ def test_batched_decode_equals_each_example_decoded_alone(vocoder):
         assert float(batched.audio_values[index, :, length:].abs().sum()) == 0.0
         # Padded frames of the returned mel hold the log-mel of silence, what the front-end gives for padding.
         assert bool((batched.mel[index, :, valid:] == math.log(model.config.log_floor)).all())
+
+
+def test_forward_refuses_unknown_keyword_arguments_but_takes_what_trainer_passes(tiny_model):
+    _, batch = _features(tiny_model, [0.3, 0.2])
+    tiny_model.eval()
+    with pytest.raises(TypeError, match="paddingmask"):
+        tiny_model(batch["input_values"], paddingmask=batch["padding_mask"])
+    reference = tiny_model(**batch).loss
+    assert torch.equal(tiny_model(**batch, num_items_in_batch=123).loss, reference)  # accepted and ignored
+    assert PQVAEModel.accepts_loss_kwargs is False  # losses are means over valid frames: Trainer scales them
+    assert PQVAEModel.input_modalities == "audio"
+
+
+def test_griffin_lim_decodes_a_single_frame_to_empty_audio(tiny_model):
+    codes = torch.zeros(2, 2, 1, dtype=torch.long)
+    assert tiny_model.decode(codes).audio_values.shape == (2, 1, 0)
+    out = tiny_model.decode(codes, torch.ones(2, 40, dtype=torch.long))  # 40 samples -> one frame
+    assert out.audio_values.shape == (2, 1, 40) and float(out.audio_values.abs().sum()) == 0.0
+    mask = torch.ones(2, 200, dtype=torch.long)
+    mask[1, 30:] = 0  # the second example has one frame, inside a batch
+    out = tiny_model.decode(torch.zeros(2, 2, 4, dtype=torch.long), mask)
+    assert out.audio_values.shape == (2, 1, 200) and float(out.audio_values[1].abs().sum()) == 0.0
+
+
+@pytest.mark.parametrize("overrides", [dict(vocoder="neural", vocoder_hidden_size=32, vocoder_intermediate_size=64,
+                                            vocoder_num_layers=2, subspace_rotation="opq"),
+                                       dict(quantizer_type="rvq", num_codebooks=3, kmeans_init=False)])
+def test_init_weights_gives_every_buffer_its_registered_value(overrides):
+    """transformers' `test_init_weights_can_init_buffers`: a model built on the meta device and initialised by
+    `init_weights()` has exactly the buffers of a model built directly (what `from_pretrained` relies on for
+    buffers a checkpoint lacks)."""
+    import copy
+
+    from transformers.initialization import no_init_weights
+
+    config = tiny_config(**overrides)
+    with no_init_weights():
+        from_init = PQVAEModel(copy.deepcopy(config))
+    with torch.device("meta"):
+        from_meta = PQVAEModel(copy.deepcopy(config))
+    from_meta.to_empty(device="cpu")
+    from_meta.init_weights()
+    buffers, meta_buffers = dict(from_init.named_buffers()), dict(from_meta.named_buffers())
+    assert sorted(buffers) == sorted(meta_buffers)
+    different = sorted(name for name, value in buffers.items() if not bool((value == meta_buffers[name]).all()))
+    assert different == []
+
+
+def test_codebook_statistics_are_seeded_at_the_first_training_step_without_kmeans():
+    torch.manual_seed(0)
+    model = PQVAEModel(tiny_config(kmeans_init=False))
+    group = model.quantizer.codebooks
+    assert not bool(group.initialized) and float(group.ema_cluster_size.abs().sum()) == 0.0
+    codebook = group.codebook.detach().clone()
+    warm_up(model)
+    assert bool(group.initialized) and int(group.steps) == 1
+    # Seeded from the codebook itself (cluster size 1 each), then one EMA step: unused codewords stay where they were.
+    unused = group.usage_ema < 0.99 + 1e-6  # seeded at 1.0, then one decay step with no assignment
+    assert bool(unused.any())
+    torch.testing.assert_close(group.codebook[unused], codebook[unused], rtol=1e-4, atol=1e-6)

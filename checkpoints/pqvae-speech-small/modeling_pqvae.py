@@ -175,6 +175,9 @@ class GriffinLim(nn.Module):
         self.momentum = 0.99
 
     def forward(self, log_mel: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
+        if log_mel.shape[-1] < 2:
+            # One frame spans no hop, so there are no samples to produce; istft rejects length 0.
+            return log_mel.new_zeros(log_mel.shape[0], 0, dtype=torch.float32)
         if frame_mask is not None and not bool(frame_mask.bool().all()):
             # The iterations couple all frames within a window and start from random phases, so padded examples are
             # reconstructed one by one from their own frames (Griffin-Lim is a fallback; its speed matters little).
@@ -264,6 +267,10 @@ class PQVAEPreTrainedModel(PreTrainedAudioTokenizerBase):
     config: PQVAEConfig
     base_model_prefix = "pqvae"
     main_input_name = "input_values"
+    input_modalities = "audio"
+    # Losses are means over valid frames, not sums to be divided by `num_items_in_batch`: Trainer must scale them for
+    # gradient accumulation itself (and need not pass `num_items_in_batch`, which `forward` accepts and ignores).
+    accepts_loss_kwargs = False
     # `from_pretrained(..., dtype=torch.bfloat16 / torch.float16)` loads encoder, decoder and vocoder in that dtype
     # but the codebooks and their statistics in float32; the front-end and the quantizer also compute in float32.
     _keep_in_fp32_modules_strict = ["front_end", "quantizer"]
@@ -279,12 +286,13 @@ class PQVAEPreTrainedModel(PreTrainedAudioTokenizerBase):
         elif isinstance(module, PQVAEVocoder):
             module.reset_buffers()
         elif isinstance(module, VectorQuantizerGroup):
+            # Buffers as registered: statistics are seeded by the first training forward (`_initialize`).
             bound = 1.0 / module.codebook_size
             init.uniform_(module.codebook, -bound, bound)
-            init.copy_(module.ema_embed_sum, module.codebook)
-            init.ones_(module.ema_cluster_size)
-            init.constant_(module.usage_ema, max(module.dead_code_threshold, 1.0))
-            init.copy_(module.initialized, torch.tensor(not module.kmeans_init))
+            init.zeros_(module.ema_embed_sum)
+            init.zeros_(module.ema_cluster_size)
+            init.zeros_(module.usage_ema)
+            init.copy_(module.initialized, torch.tensor(False))
             init.zeros_(module.steps)
         elif isinstance(module, ProductQuantizer) and module.subspace_rotation == "opq":
             init.copy_(module.rotation, torch.eye(module.codebook_dim))
@@ -301,6 +309,8 @@ class PQVAEModel(PQVAEPreTrainedModel):
     >>> out = model.decode(codes, padding_mask)                               # .mel, .audio_values
     >>> loss = model(input_values, padding_mask).loss                         # training (dual decoding)
     """
+
+    _ignored_forward_kwargs = frozenset({"num_items_in_batch"})
 
     def __init__(self, config: PQVAEConfig):
         super().__init__(config)
@@ -514,7 +524,15 @@ class PQVAEModel(PQVAEPreTrainedModel):
         Args:
             input_values (`torch.FloatTensor` of shape `(batch_size, 1, num_samples)`).
             padding_mask (`torch.Tensor` of shape `(batch_size, num_samples)`, *optional*).
+            kwargs: only what `transformers.Trainer` may pass (`num_items_in_batch`, ignored); anything else is a
+                TypeError, so a misspelt `padding_mask` cannot be dropped silently.
         """
+        unknown = sorted(set(kwargs) - self._ignored_forward_kwargs)
+        if unknown:
+            raise TypeError(
+                f"{type(self).__name__}.forward() got unexpected keyword argument(s) {unknown}; it takes"
+                f" input_values, padding_mask and return_dict."
+            )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         waveform, frame_mask = self._prepare_audio(input_values, padding_mask)
         target_mel, latents = self._encode_latents(waveform, frame_mask)
