@@ -30,7 +30,6 @@ from .quantization_pqvae import (
     composite_to_codes,
     float32_region,
     keep_float32,
-    perplexity_from_counts,
 )
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -345,8 +344,9 @@ class PQVAEModel(PQVAEPreTrainedModel):
 
     # ---------------------------------------------------------------- input checks
 
-    def _check_audio(self, input_values: torch.Tensor) -> torch.Tensor:
-        """(B, 1, T) or (B, T) float audio -> (B, T), with clear errors for anything else."""
+    def _check_audio(self, input_values: torch.Tensor, on_device: bool = False) -> torch.Tensor:
+        """(B, 1, T) or (B, T) float audio -> (B, T), with clear errors for anything else. `on_device`: check the
+        samples' finiteness on the device (a RuntimeError raised asynchronously) instead of reading it back."""
         if not torch.is_tensor(input_values):
             raise TypeError(f"input_values must be a torch.Tensor of shape (batch, 1, samples), got {type(input_values)}.")
         if input_values.dim() == 3:
@@ -368,13 +368,17 @@ class PQVAEModel(PQVAEPreTrainedModel):
             )
         if input_values.shape[-1] == 0 or input_values.shape[0] == 0:
             raise ValueError(f"input_values is empty (shape {tuple(input_values.shape)}).")
-        if not bool(torch.isfinite(input_values).all()):
-            raise ValueError("input_values contains NaN or Inf samples; clean the audio before encoding.")
+        message = "input_values contains NaN or Inf samples; clean the audio before encoding."
+        if on_device:
+            # Training step: checked on the device, no host read; fails as a RuntimeError with this message.
+            torch._assert_async(torch.isfinite(input_values).all(), message)
+        elif not bool(torch.isfinite(input_values).all()):
+            raise ValueError(message)
         return input_values
 
-    def _prepare_audio(self, input_values: torch.Tensor, padding_mask: torch.Tensor | None):
+    def _prepare_audio(self, input_values: torch.Tensor, padding_mask: torch.Tensor | None, on_device: bool = False):
         """Checked (B, T) waveform with padding silenced (whatever the caller put there) and its frame mask (B, F)."""
-        waveform = self._check_audio(input_values)
+        waveform = self._check_audio(input_values, on_device)
         frame_mask = self.frame_mask_from_padding_mask(padding_mask, *waveform.shape, device=waveform.device)
         if padding_mask is not None:
             waveform = waveform * padding_mask.to(waveform.dtype)
@@ -534,7 +538,7 @@ class PQVAEModel(PQVAEPreTrainedModel):
                 f" input_values, padding_mask and return_dict."
             )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        waveform, frame_mask = self._prepare_audio(input_values, padding_mask)
+        waveform, frame_mask = self._prepare_audio(input_values, padding_mask, on_device=self.training)
         target_mel, latents = self._encode_latents(waveform, frame_mask)
         with_entropy_loss = self.training and self.config.entropy_loss_weight > 0
         quantized = self.quantizer(latents, frame_mask, with_entropy_loss=with_entropy_loss)
@@ -577,13 +581,21 @@ class PQVAEModel(PQVAEPreTrainedModel):
 
     @torch.no_grad()
     def _batch_code_statistics(self, codes: torch.Tensor, frame_mask: torch.Tensor):
-        """Usage fraction and perplexity of each sub-codebook over this batch's valid frames, each (M,)."""
-        size = self.config.codebook_size
-        valid = codes.transpose(1, 2)[frame_mask.bool()]  # (n, M)
-        offsets = torch.arange(valid.shape[1], device=codes.device) * size
-        counts = torch.bincount((valid + offsets).reshape(-1), minlength=valid.shape[1] * size).view(-1, size)
+        """Usage fraction and perplexity of each sub-codebook over this batch's valid frames, each (M,).
+
+        Computed on the codes' device with fixed shapes (a masked scatter-add, no bincount or selection), so the
+        training step never waits for the device."""
+        size, num_codebooks = self.config.codebook_size, codes.shape[1]
+        offsets = torch.arange(num_codebooks, device=codes.device)[None, :, None] * size
+        valid = frame_mask[:, None, :].expand_as(codes).bool()
+        codes, weights = torch.where(valid, codes, 0), valid.to(torch.float32)  # padded frames may hold any code
+        counts = torch.zeros(num_codebooks * size, device=codes.device).scatter_add_(
+            0, (codes + offsets).reshape(-1), weights.reshape(-1)).view(num_codebooks, size)
         usage = (counts > 0).float().mean(dim=1)
-        perplexity = torch.tensor([perplexity_from_counts(c) for c in counts.cpu()], device=codes.device)
+        total = counts.sum(dim=1, keepdim=True)
+        probs = counts / total.clamp_min(1.0)
+        entropy = -(probs * torch.log(probs.clamp_min(1e-30))).sum(dim=1)  # 0 * log(tiny) = 0 for unused codes
+        perplexity = torch.where(total[:, 0] > 0, torch.exp(entropy), torch.zeros_like(entropy))
         return usage, perplexity
 
     # ---------------------------------------------------------------- fine-tuning helpers

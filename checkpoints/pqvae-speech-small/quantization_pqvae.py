@@ -69,6 +69,37 @@ def in_float32(method):
     return wrapper
 
 
+def host_scalar(module: nn.Module, name: str):
+    """The Python value of `module`'s scalar buffer `name` (a step counter or flag).
+
+    Read from the device only when the buffer changed since the last read or `set_host_scalar` (another tensor
+    after `.to()`, or an in-place write such as `load_state_dict`, seen through its version counter), so training
+    steps do not wait for the device to check a counter.
+    """
+    tensor = module._buffers[name]
+    cache = module.__dict__.setdefault("_host_scalars", {})
+    cached = cache.get(name)
+    if cached is None or cached[0] is not tensor or cached[1] != tensor._version:
+        cached = cache[name] = (tensor, tensor._version, tensor.item())
+    return cached[2]
+
+
+def set_host_scalar(module: nn.Module, name: str, value) -> None:
+    """Writes `value` into the scalar buffer `name` without reading the device, and remembers it."""
+    tensor = module._buffers[name]
+    tensor.fill_(value)
+    module.__dict__.setdefault("_host_scalars", {})[name] = (tensor, tensor._version, value)
+
+
+def _weighted_mean(values: torch.Tensor, weights: torch.Tensor | None, dim: int) -> torch.Tensor:
+    """Mean of `values` along `dim` with per-row `weights` (1-D, along `dim`); the plain mean when weights is None."""
+    if weights is None:
+        return values.mean(dim=dim)
+    shape = [1] * values.dim()
+    shape[dim] = -1
+    return (values * weights.view(shape)).sum(dim=dim) / weights.sum().clamp_min(1.0)
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Composite ids: the M sub-codes of one frame as one integer of the N^M codebook.
 # --------------------------------------------------------------------------------------------------------------------
@@ -361,12 +392,13 @@ class VectorQuantizerGroup(nn.Module):
         self.ema_embed_sum.copy_(centroids)
         self.ema_cluster_size.fill_(1.0)
         self.usage_ema.fill_(max(self.dead_code_threshold, 1.0))
-        self.initialized.fill_(True)
+        set_host_scalar(self, "initialized", True)
 
     @torch.no_grad()
-    def _update_statistics(self, valid_latents: torch.Tensor, codes: torch.Tensor) -> None:
-        """EMA codebook update and usage tracking from the valid frames of this batch (summed over processes)."""
-        one_hot = F.one_hot(codes, self.codebook_size).to(valid_latents.dtype)  # (n, G, N)
+    def _update_statistics(self, latents: torch.Tensor, codes: torch.Tensor, weights: torch.Tensor) -> None:
+        """EMA codebook update and usage tracking from this batch's frames (n, G, d) and codes (n, G), each frame
+        weighted by `weights` (n,) (1 valid, 0 padding: no data-dependent shapes), summed over processes."""
+        one_hot = F.one_hot(codes, self.codebook_size).to(latents.dtype) * weights[:, None, None]  # (n, G, N)
         counts = _all_reduce_sum(one_hot.sum(0))  # (G, N)
         if self.dead_code_threshold_mode == "relative":  # share of this (global) batch's frames, 1.0 = uniform
             usage = counts * (self.codebook_size / counts.sum(-1, keepdim=True).clamp_min(1.0))
@@ -374,7 +406,7 @@ class VectorQuantizerGroup(nn.Module):
             usage = counts
         self.usage_ema.mul_(self.usage_decay).add_(usage, alpha=1 - self.usage_decay)
         if self.use_ema:
-            sums = _all_reduce_sum(torch.einsum("ngk,ngd->gkd", one_hot, self._normalized(valid_latents)))
+            sums = _all_reduce_sum(torch.einsum("ngk,ngd->gkd", one_hot, self._normalized(latents)))
             self.ema_cluster_size.mul_(self.ema_decay).add_(counts, alpha=1 - self.ema_decay)
             self.ema_embed_sum.mul_(self.ema_decay).add_(sums, alpha=1 - self.ema_decay)
             # Laplace smoothing keeps rarely used codewords from dividing by ~0.
@@ -400,8 +432,10 @@ class VectorQuantizerGroup(nn.Module):
         self.usage_ema.copy_(torch.where(dead, torch.full_like(self.usage_ema, max(self.dead_code_threshold, 1.0)),
                                          self.usage_ema))
 
-    def entropy_loss(self, valid_latents: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-        """Code-balancing loss on soft assignments. valid_latents (n, G, d), differentiable -> scalar.
+    def entropy_loss(self, valid_latents: torch.Tensor, temperature: float = 1.0,
+                     weights: torch.Tensor | None = None) -> torch.Tensor:
+        """Code-balancing loss on soft assignments. valid_latents (n, G, d), differentiable -> scalar. `weights` (n,)
+        (1 valid, 0 padding) lets callers pass all frames instead of selecting the valid ones.
 
         p(k | x) = softmax_k(-||x - c_k||^2 / tau), with tau = `temperature` x the batch's mean squared distance to
         the nearest codeword (scale-free). Loss = mean over groups of [mean_x H(p(.|x)) - H(mean_x p(.|x))] / log N:
@@ -412,11 +446,12 @@ class VectorQuantizerGroup(nn.Module):
             x = self._normalized(valid_latents.float()).transpose(0, 1)  # (G, n, d)
             distances = _distances_without_input_norm(x, self._normalized(self.codebook.float()).detach())
             distances = distances + (x**2).sum(-1, keepdim=True)  # (G, n, N) squared distances
-            scale = distances.detach().min(dim=-1).values.mean(dim=-1).clamp_min(1e-8)[:, None, None]
+            nearest = distances.detach().min(dim=-1).values  # (G, n)
+            scale = _weighted_mean(nearest, weights, dim=1).clamp_min(1e-8)[:, None, None]
             log_probs = F.log_softmax(-distances / (temperature * scale), dim=-1)
             probs = log_probs.exp()
-            frame_entropy = -(probs * log_probs).sum(-1).mean(-1)  # (G,)
-            mean_probs = probs.mean(dim=1)
+            frame_entropy = _weighted_mean(-(probs * log_probs).sum(-1), weights, dim=1)  # (G,)
+            mean_probs = _weighted_mean(probs, weights, dim=1)
             batch_entropy = -(mean_probs * mean_probs.clamp_min(1e-12).log()).sum(-1)
             return ((frame_entropy - batch_entropy) / math.log(self.codebook_size)).mean()
 
@@ -429,17 +464,19 @@ class VectorQuantizerGroup(nn.Module):
         with float32_region(latents):
             batch, frames = latents.shape[:2]
             flat = latents.detach().float().reshape(batch * frames, self.num_groups, self.dim)
-            valid = flat[mask.reshape(-1).bool()]
             updating = self.training and not self.frozen
-            if updating and not bool(self.initialized) and valid.shape[0] > 0:
-                self._initialize(valid)
+            if updating and not host_scalar(self, "initialized"):  # the first training step: reading is fine
+                valid = flat[mask.reshape(-1).bool()]
+                if valid.shape[0] > 0:
+                    self._initialize(valid)
             codes = self.search(flat)
             if updating:
-                valid_codes = codes[mask.reshape(-1).bool()]
-                self._update_statistics(valid, valid_codes)
-                self.steps += 1
-                if self.dead_code_threshold > 0 and int(self.steps) % self.dead_code_restart_interval == 0:
-                    self._restart_dead_codes(valid)
+                # Every frame, weighted by the mask: no device-to-host read in an ordinary training step.
+                self._update_statistics(flat, codes, mask.reshape(-1).to(flat.dtype))
+                steps = host_scalar(self, "steps") + 1
+                set_host_scalar(self, "steps", steps)
+                if self.dead_code_threshold > 0 and steps % self.dead_code_restart_interval == 0:
+                    self._restart_dead_codes(flat[mask.reshape(-1).bool()])
                     codes = self.search(flat)
             codewords = self.lookup(codes)
         return codewords.view(batch, frames, self.num_groups, self.dim), codes.view(batch, frames, self.num_groups)
@@ -518,13 +555,16 @@ class ProductQuantizer(nn.Module):
         return latents @ (self.rotation.clone() if torch.is_grad_enabled() else self.rotation)
 
     @torch.no_grad()
-    def _update_rotation(self, valid_latents: torch.Tensor, valid_codewords: torch.Tensor) -> None:
-        """valid_latents (n, D) before rotation, valid_codewords (n, D) in rotated space."""
-        cross = _all_reduce_sum(valid_latents.T.double() @ valid_codewords.double())
+    def _update_rotation(self, latents: torch.Tensor, codewords: torch.Tensor,
+                         weights: torch.Tensor | None = None) -> None:
+        """latents (n, D) before rotation, codewords (n, D) in rotated space, weights (n,) 1 for valid frames."""
+        latents = latents.double() if weights is None else latents.double() * weights.double()[:, None]
+        cross = _all_reduce_sum(latents.T @ codewords.double())
         decay = self.codebooks.ema_decay
         self.ema_cross_covariance.mul_(decay).add_(cross.to(self.ema_cross_covariance.dtype), alpha=1 - decay)
-        self.rotation_steps += 1
-        if int(self.rotation_steps) % self.rotation_update_interval == 0:
+        steps = host_scalar(self, "rotation_steps") + 1
+        set_host_scalar(self, "rotation_steps", steps)
+        if steps % self.rotation_update_interval == 0:
             left, _, right_t = torch.linalg.svd(self.ema_cross_covariance.double())
             self.rotation.copy_((left @ right_t).to(self.rotation.dtype))
 
@@ -535,24 +575,24 @@ class ProductQuantizer(nn.Module):
         Everything runs in float32 (autocast off); gradients flow back to `latents` in their own dtype."""
         batch, frames, _ = latents.shape
         updating = self.training and not self.codebooks.frozen
-        valid_mask = mask.reshape(-1).bool()
-        if self.subspace_rotation == "opq" and updating and not bool(self.rotation_initialized):
-            valid = latents.detach().reshape(-1, self.codebook_dim)[valid_mask]
+        weights = mask.reshape(-1).to(latents.dtype)
+        if self.subspace_rotation == "opq" and updating and not host_scalar(self, "rotation_initialized"):
+            valid = latents.detach().reshape(-1, self.codebook_dim)[mask.reshape(-1).bool()]  # first step only
             if valid.shape[0] > 1:
                 self.rotation.copy_(_broadcast(balanced_pca_rotation(valid.float(), self.num_codebooks).contiguous()))
-                self.rotation_initialized.fill_(True)
+                set_host_scalar(self, "rotation_initialized", True)
         rotated = self._rotate(latents)
         chunks = rotated.view(batch, frames, self.num_codebooks, -1)
         codewords, codes = self.codebooks(chunks, mask)
         target = self.codebooks._normalized(chunks).reshape(batch, frames, -1)
         codewords = codewords.reshape(batch, frames, -1)
         if self.subspace_rotation == "opq" and updating:
-            self._update_rotation(latents.detach().reshape(-1, self.codebook_dim)[valid_mask].float(),
-                                  codewords.detach().reshape(-1, self.codebook_dim)[valid_mask].float())
+            self._update_rotation(latents.detach().reshape(-1, self.codebook_dim),
+                                  codewords.detach().reshape(-1, self.codebook_dim), weights)
         output = _straight_through(target, codewords, codes.transpose(1, 2), mask, self.codebooks.use_ema)
         if with_entropy_loss:
-            valid_chunks = chunks.reshape(batch * frames, self.num_codebooks, -1)[valid_mask]
-            output.entropy_loss = self.codebooks.entropy_loss(valid_chunks, self.entropy_temperature)
+            all_chunks = chunks.reshape(batch * frames, self.num_codebooks, -1)
+            output.entropy_loss = self.codebooks.entropy_loss(all_chunks, self.entropy_temperature, weights)
         return output
 
     @in_float32
@@ -591,11 +631,10 @@ class ResidualQuantizer(nn.Module):
         residual = latents
         total = torch.zeros_like(latents)
         all_codes, entropy_losses = [], []
-        valid_mask = mask.reshape(-1).bool()
+        weights = mask.reshape(-1).to(latents.dtype)
         for stage in self.stages:
             if with_entropy_loss:
-                entropy_losses.append(
-                    stage.entropy_loss(residual.reshape(-1, 1, dim)[valid_mask], self.entropy_temperature))
+                entropy_losses.append(stage.entropy_loss(residual.reshape(-1, 1, dim), self.entropy_temperature, weights))
             codewords, codes = stage(residual.view(batch, frames, 1, dim), mask)
             codewords = codewords.view(batch, frames, dim)
             total = total + codewords
