@@ -293,3 +293,22 @@ def test_codebook_statistics_are_seeded_at_the_first_training_step_without_kmean
     unused = group.usage_ema < 0.99 + 1e-6  # seeded at 1.0, then one decay step with no assignment
     assert bool(unused.any())
     torch.testing.assert_close(group.codebook[unused], codebook[unused], rtol=1e-4, atol=1e-6)
+
+
+def test_encode_and_decode_compile_as_single_graphs():
+    """torch.compile(fullgraph=True): no data-dependent Python branch (input checks run on the device when
+    compiling). aot_eager traces exactly what inductor gets, without spending a minute generating C++."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = warm_up(PQVAEModel(tiny_config(vocoder="neural", vocoder_hidden_size=32, vocoder_intermediate_size=64,
+                                           vocoder_num_layers=2)))
+    _, batch = _features(model, [0.5, 0.3])
+    encode = torch.compile(model.encode, fullgraph=True, backend="aot_eager")
+    decode = torch.compile(model.decode, fullgraph=True, backend="aot_eager")
+    with torch.no_grad():
+        codes = model.encode(**batch).audio_codes
+        assert torch.equal(encode(batch["input_values"], batch["padding_mask"]).audio_codes, codes)
+        compiled, eager = decode(codes, batch["padding_mask"]), model.decode(codes, batch["padding_mask"])
+    torch.testing.assert_close(compiled.mel, eager.mel, atol=1e-5, rtol=0)
+    torch.testing.assert_close(compiled.audio_values, eager.audio_values, atol=1e-5, rtol=0)
+    torch._dynamo.reset()

@@ -369,8 +369,9 @@ class PQVAEModel(PQVAEPreTrainedModel):
         if input_values.shape[-1] == 0 or input_values.shape[0] == 0:
             raise ValueError(f"input_values is empty (shape {tuple(input_values.shape)}).")
         message = "input_values contains NaN or Inf samples; clean the audio before encoding."
-        if on_device:
-            # Training step: checked on the device, no host read; fails as a RuntimeError with this message.
+        if on_device or torch.compiler.is_compiling():
+            # Training step or torch.compile: checked on the device (no host read, no graph break); fails as a
+            # RuntimeError with this message.
             torch._assert_async(torch.isfinite(input_values).all(), message)
         elif not bool(torch.isfinite(input_values).all()):
             raise ValueError(message)
@@ -414,6 +415,10 @@ class PQVAEModel(PQVAEPreTrainedModel):
             )
         if audio_codes.shape[-1] == 0:
             raise ValueError("audio_codes has no frames.")
+        if torch.compiler.is_compiling():  # a device-side check keeps the graph whole
+            in_range = ((audio_codes >= 0) & (audio_codes < codebook_size)).all()
+            torch._assert_async(in_range, f"audio_codes must lie in [0, {codebook_size}) (codebook_size).")
+            return
         low, high = int(audio_codes.min()), int(audio_codes.max())
         if low < 0 or high >= codebook_size:
             raise ValueError(

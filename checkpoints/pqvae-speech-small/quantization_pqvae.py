@@ -373,10 +373,10 @@ class VectorQuantizerGroup(nn.Module):
             return _distances_without_input_norm(x, codebook).argmin(dim=-1).transpose(0, 1)
 
     def lookup(self, codes: torch.Tensor) -> torch.Tensor:
-        """codes (n, G) -> codewords (n, G, d) float32."""
-        codebook = self._normalized(self.codebook.float())
-        group_index = torch.arange(self.num_groups, device=codes.device)
-        return codebook[group_index, codes]
+        """codes (n, G) -> codewords (n, G, d) float32 (a contiguous gather: one embedding over the G codebooks)."""
+        codebook = self._normalized(self.codebook.float()).reshape(self.num_groups * self.codebook_size, self.dim)
+        offsets = torch.arange(self.num_groups, device=codes.device) * self.codebook_size
+        return F.embedding(codes + offsets, codebook)
 
     @torch.no_grad()
     def _initialize(self, valid_latents: torch.Tensor) -> None:
