@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_utils import PreTrainedAudioTokenizerBase
 from transformers import initialization as init
 from transformers.utils import ModelOutput
@@ -210,10 +211,11 @@ class GriffinLim(nn.Module):
 # --------------------------------------------------------------------------------------------------------------------
 
 
-class ConvNeXtBlock(nn.Module):
+class ConvNeXtBlock(GradientCheckpointingLayer):
     """Depthwise conv -> LayerNorm -> pointwise MLP, residual with layer scale. Input and output (B, C, F).
 
-    The input is zeroed on padded frames before the depthwise conv, so padding never leaks into valid frames.
+    The input is zeroed on padded frames before the depthwise conv, so padding never leaks into valid frames. With
+    `model.gradient_checkpointing_enable()` its activations are recomputed in the backward pass instead of stored.
     """
 
     def __init__(self, config: PQVAEConfig, num_layers: int):
@@ -267,6 +269,7 @@ class PQVAEPreTrainedModel(PreTrainedAudioTokenizerBase):
     base_model_prefix = "pqvae"
     main_input_name = "input_values"
     input_modalities = "audio"
+    supports_gradient_checkpointing = True  # the encoder's and decoder's ConvNeXt blocks
     # Losses are means over valid frames, not sums to be divided by `num_items_in_batch`: Trainer must scale them for
     # gradient accumulation itself (and need not pass `num_items_in_batch`, which `forward` accepts and ignores).
     accepts_loss_kwargs = False

@@ -312,3 +312,27 @@ def test_encode_and_decode_compile_as_single_graphs():
     torch.testing.assert_close(compiled.mel, eager.mel, atol=1e-5, rtol=0)
     torch.testing.assert_close(compiled.audio_values, eager.audio_values, atol=1e-5, rtol=0)
     torch._dynamo.reset()
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(0)
+    base = warm_up(PQVAEModel(tiny_config(num_encoder_layers=2, num_decoder_layers=2)))
+    _, batch = _features(base, [0.5, 0.3])
+    gradients = {}
+    for checkpointing in (False, True):
+        model = PQVAEModel(base.config)
+        model.load_state_dict(base.state_dict())
+        model.quantizer.codebooks.frozen = True  # same codebooks for both runs
+        calls = []
+        if checkpointing:
+            model.gradient_checkpointing_enable()
+            assert model.is_gradient_checkpointing
+            for block in [*model.encoder.blocks, *model.decoder.blocks]:
+                checkpoint = block._gradient_checkpointing_func
+                block._gradient_checkpointing_func = lambda *a, _f=checkpoint, **k: calls.append(1) or _f(*a, **k)
+        model.train()(**batch).loss.backward()
+        assert len(calls) == (4 if checkpointing else 0)  # every ConvNeXt block of encoder and decoder
+        gradients[checkpointing] = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    assert gradients[True].keys() == gradients[False].keys()
+    for name in gradients[False]:
+        torch.testing.assert_close(gradients[True][name], gradients[False][name], atol=1e-6, rtol=1e-5, msg=name)
