@@ -121,3 +121,18 @@ def test_processor_must_match_the_model_it_is_saved_with(tmp_path):
     processor.check_model_config(model.config)
     with pytest.raises(ValueError, match="num_codebooks"):
         processor.check_model_config(tiny_config(num_codebooks=4))
+
+
+def test_padding_goes_through_sequence_feature_extractor_pad_and_honours_return_attention_mask(fe, monkeypatch):
+    calls = []
+    original = PQVAEFeatureExtractor.pad
+    monkeypatch.setattr(PQVAEFeatureExtractor, "pad", lambda self, *a, **k: calls.append(k) or original(self, *a, **k))
+    out = fe([np.ones(10), np.ones(3)], sampling_rate=16000, pad_to_multiple_of=8, return_tensors="pt")
+    assert calls and calls[-1]["pad_to_multiple_of"] == 8
+    assert out["input_values"].shape == (2, 1, 16) and out["padding_mask"].dtype == torch.int64
+    assert out["padding_mask"].sum(-1).tolist() == [10, 3]
+    no_mask = fe([np.ones(10), np.ones(3)], sampling_rate=16000, return_attention_mask=False, return_tensors="np")
+    assert set(no_mask) == {"input_values"} and no_mask["input_values"].shape == (2, 1, 10)
+    quiet = PQVAEFeatureExtractor(sampling_rate=16000, return_attention_mask=False)
+    assert "padding_mask" not in quiet(np.ones(5), sampling_rate=16000)
+    assert "padding_mask" in quiet(np.ones(5), sampling_rate=16000, return_attention_mask=True)
