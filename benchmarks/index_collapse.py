@@ -116,7 +116,9 @@ def train_variant(overrides: dict, args, train_dataset, output_dir: str) -> tupl
     from pqvae_hf.trainer import EpochSetterCallback, PQVAETrainer
 
     torch.manual_seed(args.seed)
-    base = dict(hidden_size=args.hidden_size, intermediate_size=3 * args.hidden_size, vocoder="none")
+    # The recorded grid ran with the threshold in absolute units (1 assignment per batch), the only mode then.
+    base = dict(hidden_size=args.hidden_size, intermediate_size=3 * args.hidden_size, vocoder="none",
+                dead_code_threshold=1.0, dead_code_threshold_mode="absolute")
     overrides = dict(overrides)
     peer = overrides.pop("peer", None)
     if peer:

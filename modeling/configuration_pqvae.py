@@ -10,6 +10,7 @@ from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
 QUANTIZER_TYPES = ("pq", "vq", "rvq")
+DEAD_CODE_THRESHOLD_MODES = ("relative", "absolute")
 VOCODERS = ("neural", "griffin_lim", "none")
 SUBSPACE_ROTATIONS = ("none", "opq")
 
@@ -55,8 +56,20 @@ class PQVAEConfig(PreTrainedConfig):
         ema_decay (`float`, defaults to 0.99).
         kmeans_init (`bool`, defaults to `True`): initialise each codebook by k-means on the first training batch.
         kmeans_iters (`int`, defaults to 10).
-        dead_code_threshold (`float`, defaults to 1.0): a codeword whose moving-average usage (assignments per
-            batch) drops below this is re-seeded from a random encoder output of the current batch; 0 disables it.
+        dead_code_threshold (`float`, defaults to 0.2): a codeword whose moving-average usage drops below this is
+            re-seeded from a random encoder output of the current batch; 0 disables restarts. The unit depends on
+            `dead_code_threshold_mode`.
+        dead_code_threshold_mode (`str`, defaults to `"relative"`): `"relative"` measures usage against the expected
+            uses per codeword per batch (valid frames of the global batch / `codebook_size`), so 0.2 restarts a
+            codeword that gets less than a fifth of the uniform share. The same config then behaves the same with
+            any batch size, crop length or number of processes, and a large codebook is not capped at the number of
+            frames per batch. `"absolute"` compares the moving-average number of assignments per global batch with
+            the threshold (the only behaviour before this field existed): with N codewords and F valid frames per
+            batch it equals `"relative"` with threshold * N / F, and it declares every codeword dead once N > F /
+            threshold. A config.json saved without this field loads as `"absolute"`, keeping its meaning: the
+            shipped checkpoint's `dead_code_threshold=1.0` is 1 assignment per batch, which in its training recipe
+            (16 x 2 s crops, about 1,430 valid frames per batch, N = 256) is about 0.18 relative; the relative
+            default 0.2 reproduces that at that scale.
         dead_code_restart_interval (`int`, defaults to 50): training steps between dead-code restarts.
         usage_decay (`float`, defaults to 0.99): decay of the moving-average usage counts.
         entropy_loss_weight (`float`, defaults to 0.0): weight of a code-balancing loss on soft assignments
@@ -116,7 +129,8 @@ class PQVAEConfig(PreTrainedConfig):
     ema_decay: float = 0.99
     kmeans_init: bool = True
     kmeans_iters: int = 10
-    dead_code_threshold: float = 1.0
+    dead_code_threshold: float = 0.2
+    dead_code_threshold_mode: str = "relative"
     dead_code_restart_interval: int = 50
     usage_decay: float = 0.99
     entropy_loss_weight: float = 0.0
@@ -198,6 +212,16 @@ class PQVAEConfig(PreTrainedConfig):
                 f"quantizer_type='vq' is a single codebook: set num_codebooks=1 (got {self.num_codebooks}), or use"
                 " quantizer_type='pq' for several sub-codebooks."
             )
+        if self.composite_codebook_size > 2**63 - 1:
+            raise ValueError(
+                f"codebook_size ** num_codebooks = {self.codebook_size}^{self.num_codebooks} composite ids do not fit"
+                " in int64 (the dtype of codes and composite ids); use fewer or smaller codebooks."
+            )
+        if self.quantizer_type == "rvq" and self.use_cosine_codebook:
+            raise ValueError(
+                "use_cosine_codebook=True is not defined for quantizer_type='rvq' (residuals are not unit vectors):"
+                " set use_cosine_codebook=False, or use quantizer_type='pq' / 'vq'."
+            )
         if self.quantizer_type in ("pq", "vq") and self.codebook_dim % self.num_codebooks != 0:
             raise ValueError(
                 f"Product quantization splits codebook_dim={self.codebook_dim} into num_codebooks={self.num_codebooks}"
@@ -223,8 +247,20 @@ class PQVAEConfig(PreTrainedConfig):
                 f"subspace_rotation={self.subspace_rotation!r} rotates the latent before the product split; it needs"
                 f" quantizer_type='pq' (got {self.quantizer_type!r}). Set subspace_rotation='none'."
             )
+        if self.dead_code_threshold_mode not in DEAD_CODE_THRESHOLD_MODES:
+            raise ValueError(
+                f"`dead_code_threshold_mode` must be one of {DEAD_CODE_THRESHOLD_MODES}, got"
+                f" {self.dead_code_threshold_mode!r}."
+            )
         if self.vocoder not in VOCODERS:
             raise ValueError(f"`vocoder` must be one of {VOCODERS}, got {self.vocoder!r}.")
+
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs):
+        if "dead_code_threshold" in config_dict and "dead_code_threshold_mode" not in config_dict:
+            # Saved before `dead_code_threshold_mode` existed, when the threshold was a count per global batch.
+            config_dict = {**config_dict, "dead_code_threshold_mode": "absolute"}
+        return super().from_dict(config_dict, **kwargs)
 
     @property
     def frame_rate(self) -> float:

@@ -24,6 +24,10 @@ class PQVAEProcessor(ProcessorMixin):
         num_codebooks (`int`, defaults to 2): M of the model.
         codebook_size (`int`, defaults to 256): N of the model.
         audio_token_offset (`int`, defaults to 0): id of composite code 0 in the LM vocabulary.
+
+    `from_pretrained` checks M and N against the `config.json` of the same folder, when there is one, and
+    `check_model_config(model.config)` does the same for any model: codes of one model read with another's M or N
+    would map to wrong token ids without any error.
     """
 
     def __init__(self, feature_extractor=None, num_codebooks: int = 2, codebook_size: int = 256,
@@ -37,6 +41,35 @@ class PQVAEProcessor(ProcessorMixin):
         self.codebook_size = codebook_size
         self.audio_token_offset = audio_token_offset
         super().__init__(feature_extractor, **kwargs)
+
+    def check_model_config(self, config) -> None:
+        """Raises a ValueError if `config` (a [`PQVAEConfig`] or its dict) has another `num_codebooks` or
+        `codebook_size` than this processor."""
+        get = config.get if isinstance(config, dict) else lambda name: getattr(config, name, None)
+        mismatched = [f"{name}: processor {getattr(self, name)}, model {get(name)}"
+                      for name in ("num_codebooks", "codebook_size")
+                      if get(name) is not None and get(name) != getattr(self, name)]
+        if mismatched:
+            raise ValueError(
+                "The processor does not match the model (" + "; ".join(mismatched) + "). Save the processor made for"
+                " this model, e.g. PQVAEProcessor(feature_extractor, num_codebooks=config.num_codebooks,"
+                " codebook_size=config.codebook_size)."
+            )
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        processor = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        hub_kwargs = {key: kwargs[key] for key in ("cache_dir", "force_download", "local_files_only", "token",
+                                                    "revision", "subfolder") if key in kwargs}
+        try:
+            from transformers import PreTrainedConfig
+
+            config_dict, _ = PreTrainedConfig.get_config_dict(pretrained_model_name_or_path, **hub_kwargs)
+        except (OSError, ValueError):  # a processor saved on its own: nothing to check against
+            return processor
+        if config_dict.get("model_type") == "pqvae":
+            processor.check_model_config(config_dict)
+        return processor
 
     def __call__(self, audio=None, sampling_rate: int | None = None, **kwargs):
         """Runs the feature extractor: `processor(audio, sampling_rate=16000, return_tensors="pt")`."""

@@ -9,6 +9,8 @@ sub-codebook (`codebook_size`), d = D / M for product quantization.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 from dataclasses import dataclass, field
 
@@ -16,6 +18,87 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+
+# --------------------------------------------------------------------------------------------------------------------
+# Float32 islands: the mel front-end and the quantizer compute in float32 whatever the model's dtype or autocast.
+# --------------------------------------------------------------------------------------------------------------------
+
+
+DEAD_CODE_THRESHOLD_MODES = ("relative", "absolute")
+
+
+def float32_region(tensor: torch.Tensor):
+    """A context that turns autocast off on `tensor`'s device type, so ops inside run in the dtype of their inputs.
+
+    Used around the codebook search, EMA and statistics: a bfloat16 distance computation (what autocast, e.g.
+    Trainer's `--bf16`, makes of `baddbmm`) flips nearest-codeword decisions between close codewords, and EMA sums
+    lose counts in half precision.
+    """
+    device_type = tensor.device.type
+    if torch.amp.is_autocast_available(device_type):
+        return torch.autocast(device_type=device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def keep_float32(fn, only: tuple[torch.Tensor, ...] | None = None):
+    """Wraps the function `nn.Module._apply` maps over tensors so float32 tensors never go to a lower precision.
+
+    `module.to(torch.bfloat16)`, `.half()` and `.to(device, dtype)` then move these tensors to the new device but
+    keep them float32, exactly (not rounded through the half format). `only`: restrict this to these tensors.
+    """
+
+    def apply(tensor):
+        result = fn(tensor)
+        lowered = (torch.is_tensor(result) and tensor.dtype == torch.float32 and result.is_floating_point()
+                   and torch.finfo(result.dtype).bits < 32)
+        if lowered and (only is None or any(tensor is kept for kept in only)):
+            return tensor.to(device=result.device)
+        return result
+
+    return apply
+
+
+def in_float32(method):
+    """Decorator for `method(self, latents, ...)`: runs it with autocast off and floating `latents` cast to float32."""
+
+    @functools.wraps(method)
+    def wrapper(self, latents, *args, **kwargs):
+        with float32_region(latents):
+            return method(self, latents.float() if latents.is_floating_point() else latents, *args, **kwargs)
+
+    return wrapper
+
+
+def host_scalar(module: nn.Module, name: str):
+    """The Python value of `module`'s scalar buffer `name` (a step counter or flag).
+
+    Read from the device only when the buffer changed since the last read or `set_host_scalar` (another tensor
+    after `.to()`, or an in-place write such as `load_state_dict`, seen through its version counter), so training
+    steps do not wait for the device to check a counter.
+    """
+    tensor = module._buffers[name]
+    cache = module.__dict__.setdefault("_host_scalars", {})
+    cached = cache.get(name)
+    if cached is None or cached[0] is not tensor or cached[1] != tensor._version:
+        cached = cache[name] = (tensor, tensor._version, tensor.item())
+    return cached[2]
+
+
+def set_host_scalar(module: nn.Module, name: str, value) -> None:
+    """Writes `value` into the scalar buffer `name` without reading the device, and remembers it."""
+    tensor = module._buffers[name]
+    tensor.fill_(value)
+    module.__dict__.setdefault("_host_scalars", {})[name] = (tensor, tensor._version, value)
+
+
+def _weighted_mean(values: torch.Tensor, weights: torch.Tensor | None, dim: int) -> torch.Tensor:
+    """Mean of `values` along `dim` with per-row `weights` (1-D, along `dim`); the plain mean when weights is None."""
+    if weights is None:
+        return values.mean(dim=dim)
+    shape = [1] * values.dim()
+    shape[dim] = -1
+    return (values * weights.view(shape)).sum(dim=dim) / weights.sum().clamp_min(1.0)
+
 
 # --------------------------------------------------------------------------------------------------------------------
 # Composite ids: the M sub-codes of one frame as one integer of the N^M codebook.
@@ -205,8 +288,19 @@ class VectorQuantizerGroup(nn.Module):
     Training tricks are named flags: EMA updates, k-means init, dead-code restarts, cosine (l2-normalised) search.
 
     Buffers: `codebook` is a Parameter (trained by gradient unless `use_ema`), `ema_cluster_size` / `ema_embed_sum`
-    hold EMA statistics, `usage_ema` the moving-average assignment counts for dead-code restarts, `initialized`
-    whether k-means init has run, `steps` the number of training forwards seen.
+    hold EMA statistics, `usage_ema` the moving-average usage for dead-code restarts, `initialized` whether the
+    statistics have been seeded, `steps` the number of training forwards seen. All buffers start at zero (False) and
+    are seeded by the first training forward: k-means on its valid frames sets the codebook (with `kmeans_init`),
+    then each codeword's EMA sum is itself with a cluster size of one and its usage the uniform share (or the
+    threshold, when larger).
+
+    Dead codes: with `dead_code_threshold_mode="relative"` (default) `usage_ema` is each codeword's share of the
+    batch's valid frames times N (1.0 = the uniform share, so independent of batch size and process count) and a
+    codeword is dead below `dead_code_threshold` of that; with `"absolute"` it is the number of assignments per
+    (global) batch and the threshold is a count.
+
+    Precision: codebook and statistics are float32 and stay float32 when the model is cast to half precision;
+    search, EMA, k-means and restarts run in float32 with autocast off. Outputs (codewords) are float32.
     """
 
     def __init__(
@@ -219,12 +313,16 @@ class VectorQuantizerGroup(nn.Module):
         ema_decay: float = 0.99,
         kmeans_init: bool = True,
         kmeans_iters: int = 10,
-        dead_code_threshold: float = 1.0,
+        dead_code_threshold: float = 0.2,
+        dead_code_threshold_mode: str = "relative",
         dead_code_restart_interval: int = 50,
         usage_decay: float = 0.99,
         use_cosine: bool = False,
     ):
         super().__init__()
+        if dead_code_threshold_mode not in DEAD_CODE_THRESHOLD_MODES:
+            raise ValueError(f"`dead_code_threshold_mode` must be one of {DEAD_CODE_THRESHOLD_MODES}, got"
+                             f" {dead_code_threshold_mode!r}.")
         self.num_groups = num_groups
         self.codebook_size = codebook_size
         self.dim = dim
@@ -233,63 +331,82 @@ class VectorQuantizerGroup(nn.Module):
         self.kmeans_init = kmeans_init
         self.kmeans_iters = kmeans_iters
         self.dead_code_threshold = dead_code_threshold
+        self.dead_code_threshold_mode = dead_code_threshold_mode
         self.dead_code_restart_interval = dead_code_restart_interval
         self.usage_decay = usage_decay
         self.use_cosine = use_cosine
         # Set by `PQVAEModel.freeze_codebooks()` (fine-tuning): no k-means, EMA or restarts, no gradient.
         self.frozen = False
 
-        self.codebook = nn.Parameter(torch.empty(num_groups, codebook_size, dim), requires_grad=not use_ema)
-        self.register_buffer("ema_cluster_size", torch.zeros(num_groups, codebook_size))
-        self.register_buffer("ema_embed_sum", torch.zeros(num_groups, codebook_size, dim))
-        self.register_buffer("usage_ema", torch.zeros(num_groups, codebook_size))
-        self.register_buffer("initialized", torch.tensor(not kmeans_init))
+        # Explicit float32: transformers builds the model under the requested default dtype.
+        float32 = dict(dtype=torch.float32)
+        self.codebook = nn.Parameter(torch.empty(num_groups, codebook_size, dim, **float32), requires_grad=not use_ema)
+        self.register_buffer("ema_cluster_size", torch.zeros(num_groups, codebook_size, **float32))
+        self.register_buffer("ema_embed_sum", torch.zeros(num_groups, codebook_size, dim, **float32))
+        self.register_buffer("usage_ema", torch.zeros(num_groups, codebook_size, **float32))
+        self.register_buffer("initialized", torch.tensor(False))
         self.register_buffer("steps", torch.tensor(0, dtype=torch.int64))
 
     def reset_codebook(self) -> None:
-        """Default init: uniform(-1/N, 1/N) as in the original VQ-VAE (k-means init replaces it on the first batch)."""
+        """Default init: uniform(-1/N, 1/N) as in the original VQ-VAE (k-means init replaces it on the first batch),
+        statistics zero and unseeded, as registered (the same as `PQVAEPreTrainedModel._init_weights`)."""
         with torch.no_grad():
             self.codebook.uniform_(-1.0 / self.codebook_size, 1.0 / self.codebook_size)
-            self.ema_embed_sum.copy_(self.codebook)
-            self.ema_cluster_size.fill_(1.0)
-            self.usage_ema.fill_(self.dead_code_threshold)
-            self.initialized.fill_(not self.kmeans_init)
+            self.ema_embed_sum.zero_()
+            self.ema_cluster_size.zero_()
+            self.usage_ema.zero_()
+            self.initialized.fill_(False)
             self.steps.zero_()
+
+    def _apply(self, fn, recurse=True):
+        return super()._apply(keep_float32(fn), recurse)
 
     def _normalized(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(x, dim=-1) if self.use_cosine else x
 
     def search(self, latents: torch.Tensor) -> torch.Tensor:
-        """Nearest codeword per group. latents (n, G, d) -> codes (n, G) int64, by squared L2 (or cosine)."""
-        x = self._normalized(latents).transpose(0, 1)  # (G, n, d)
-        # argmin ||x - c||^2 = argmin (||c||^2 - 2 x.c): ||x||^2 is constant per row and skipped.
-        return _distances_without_input_norm(x, self._normalized(self.codebook)).argmin(dim=-1).transpose(0, 1)
+        """Nearest codeword per group. latents (n, G, d) -> codes (n, G) int64, by squared L2 (or cosine), in float32."""
+        with float32_region(latents):
+            x = self._normalized(latents.float()).transpose(0, 1)  # (G, n, d)
+            # argmin ||x - c||^2 = argmin (||c||^2 - 2 x.c): ||x||^2 is constant per row and skipped.
+            codebook = self._normalized(self.codebook.float())
+            return _distances_without_input_norm(x, codebook).argmin(dim=-1).transpose(0, 1)
 
     def lookup(self, codes: torch.Tensor) -> torch.Tensor:
-        """codes (n, G) -> codewords (n, G, d)."""
-        codebook = self._normalized(self.codebook)
-        group_index = torch.arange(self.num_groups, device=codes.device)
-        return codebook[group_index, codes]
+        """codes (n, G) -> codewords (n, G, d) float32 (a contiguous gather: one embedding over the G codebooks)."""
+        codebook = self._normalized(self.codebook.float()).reshape(self.num_groups * self.codebook_size, self.dim)
+        offsets = torch.arange(self.num_groups, device=codes.device) * self.codebook_size
+        return F.embedding(codes + offsets, codebook)
 
     @torch.no_grad()
     def _initialize(self, valid_latents: torch.Tensor) -> None:
-        samples = self._normalized(valid_latents).transpose(0, 1).float()  # (G, n, d)
-        # Ranks hold different frames: each runs k-means on its own, rank 0's centroids win everywhere.
-        centroids = _broadcast(kmeans(samples, self.codebook_size, self.kmeans_iters).contiguous())
+        """Seeds codebook (k-means, with `kmeans_init`) and statistics from the first training batch."""
+        if self.kmeans_init:
+            samples = self._normalized(valid_latents).transpose(0, 1).float()  # (G, n, d)
+            # Ranks hold different frames: each runs k-means on its own, rank 0's centroids win everywhere.
+            centroids = kmeans(samples, self.codebook_size, self.kmeans_iters)
+        else:
+            centroids = self.codebook.data.float()
+        centroids = _broadcast(centroids.contiguous())  # identical codebooks on every rank
         self.codebook.data.copy_(centroids)
         self.ema_embed_sum.copy_(centroids)
         self.ema_cluster_size.fill_(1.0)
         self.usage_ema.fill_(max(self.dead_code_threshold, 1.0))
-        self.initialized.fill_(True)
+        set_host_scalar(self, "initialized", True)
 
     @torch.no_grad()
-    def _update_statistics(self, valid_latents: torch.Tensor, codes: torch.Tensor) -> None:
-        """EMA codebook update and usage tracking from the valid frames of this batch (summed over processes)."""
-        one_hot = F.one_hot(codes, self.codebook_size).to(valid_latents.dtype)  # (n, G, N)
+    def _update_statistics(self, latents: torch.Tensor, codes: torch.Tensor, weights: torch.Tensor) -> None:
+        """EMA codebook update and usage tracking from this batch's frames (n, G, d) and codes (n, G), each frame
+        weighted by `weights` (n,) (1 valid, 0 padding: no data-dependent shapes), summed over processes."""
+        one_hot = F.one_hot(codes, self.codebook_size).to(latents.dtype) * weights[:, None, None]  # (n, G, N)
         counts = _all_reduce_sum(one_hot.sum(0))  # (G, N)
-        self.usage_ema.mul_(self.usage_decay).add_(counts, alpha=1 - self.usage_decay)
+        if self.dead_code_threshold_mode == "relative":  # share of this (global) batch's frames, 1.0 = uniform
+            usage = counts * (self.codebook_size / counts.sum(-1, keepdim=True).clamp_min(1.0))
+        else:  # assignments per (global) batch
+            usage = counts
+        self.usage_ema.mul_(self.usage_decay).add_(usage, alpha=1 - self.usage_decay)
         if self.use_ema:
-            sums = _all_reduce_sum(torch.einsum("ngk,ngd->gkd", one_hot, self._normalized(valid_latents)))
+            sums = _all_reduce_sum(torch.einsum("ngk,ngd->gkd", one_hot, self._normalized(latents)))
             self.ema_cluster_size.mul_(self.ema_decay).add_(counts, alpha=1 - self.ema_decay)
             self.ema_embed_sum.mul_(self.ema_decay).add_(sums, alpha=1 - self.ema_decay)
             # Laplace smoothing keeps rarely used codewords from dividing by ~0.
@@ -315,46 +432,53 @@ class VectorQuantizerGroup(nn.Module):
         self.usage_ema.copy_(torch.where(dead, torch.full_like(self.usage_ema, max(self.dead_code_threshold, 1.0)),
                                          self.usage_ema))
 
-    def entropy_loss(self, valid_latents: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-        """Code-balancing loss on soft assignments. valid_latents (n, G, d), differentiable -> scalar.
+    def entropy_loss(self, valid_latents: torch.Tensor, temperature: float = 1.0,
+                     weights: torch.Tensor | None = None) -> torch.Tensor:
+        """Code-balancing loss on soft assignments. valid_latents (n, G, d), differentiable -> scalar. `weights` (n,)
+        (1 valid, 0 padding) lets callers pass all frames instead of selecting the valid ones.
 
         p(k | x) = softmax_k(-||x - c_k||^2 / tau), with tau = `temperature` x the batch's mean squared distance to
         the nearest codeword (scale-free). Loss = mean over groups of [mean_x H(p(.|x)) - H(mean_x p(.|x))] / log N:
         the first term keeps each frame's assignment confident, the second spreads the batch over all N codewords.
-        Its gradient reaches the encoder only; codewords move by EMA / their own loss. Lies in [-1, 1].
+        Its gradient reaches the encoder only; codewords move by EMA / their own loss. Lies in [-1, 1]. Float32.
         """
-        x = self._normalized(valid_latents).transpose(0, 1)  # (G, n, d)
-        distances = _distances_without_input_norm(x, self._normalized(self.codebook).detach())
-        distances = distances + (x**2).sum(-1, keepdim=True)  # (G, n, N) squared distances
-        scale = distances.detach().min(dim=-1).values.mean(dim=-1).clamp_min(1e-8)[:, None, None]
-        log_probs = F.log_softmax(-distances / (temperature * scale), dim=-1)
-        probs = log_probs.exp()
-        frame_entropy = -(probs * log_probs).sum(-1).mean(-1)  # (G,)
-        mean_probs = probs.mean(dim=1)
-        batch_entropy = -(mean_probs * mean_probs.clamp_min(1e-12).log()).sum(-1)
-        return ((frame_entropy - batch_entropy) / math.log(self.codebook_size)).mean()
+        with float32_region(valid_latents):
+            x = self._normalized(valid_latents.float()).transpose(0, 1)  # (G, n, d)
+            distances = _distances_without_input_norm(x, self._normalized(self.codebook.float()).detach())
+            distances = distances + (x**2).sum(-1, keepdim=True)  # (G, n, N) squared distances
+            nearest = distances.detach().min(dim=-1).values  # (G, n)
+            scale = _weighted_mean(nearest, weights, dim=1).clamp_min(1e-8)[:, None, None]
+            log_probs = F.log_softmax(-distances / (temperature * scale), dim=-1)
+            probs = log_probs.exp()
+            frame_entropy = _weighted_mean(-(probs * log_probs).sum(-1), weights, dim=1)  # (G,)
+            mean_probs = _weighted_mean(probs, weights, dim=1)
+            batch_entropy = -(mean_probs * mean_probs.clamp_min(1e-12).log()).sum(-1)
+            return ((frame_entropy - batch_entropy) / math.log(self.codebook_size)).mean()
 
     def forward(self, latents: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """latents (B, T, G, d), mask (B, T) -> (codewords (B, T, G, d) without straight-through, codes (B, T, G)).
 
         In training mode this also runs k-means init (first batch), EMA updates and dead-code restarts, all from
-        valid frames only.
+        valid frames only, in float32 whatever the input dtype or autocast state. Codewords are float32.
         """
-        batch, frames = latents.shape[:2]
-        flat = latents.reshape(batch * frames, self.num_groups, self.dim)
-        valid = flat[mask.reshape(-1).bool()].detach().float()
-        updating = self.training and not self.frozen
-        if updating and not bool(self.initialized) and valid.shape[0] > 0:
-            self._initialize(valid)
-        codes = self.search(flat.detach())
-        if updating:
-            valid_codes = codes[mask.reshape(-1).bool()]
-            self._update_statistics(valid, valid_codes)
-            self.steps += 1
-            if self.dead_code_threshold > 0 and int(self.steps) % self.dead_code_restart_interval == 0:
-                self._restart_dead_codes(valid)
-                codes = self.search(flat.detach())
-        codewords = self.lookup(codes)
+        with float32_region(latents):
+            batch, frames = latents.shape[:2]
+            flat = latents.detach().float().reshape(batch * frames, self.num_groups, self.dim)
+            updating = self.training and not self.frozen
+            if updating and not host_scalar(self, "initialized"):  # the first training step: reading is fine
+                valid = flat[mask.reshape(-1).bool()]
+                if valid.shape[0] > 0:
+                    self._initialize(valid)
+            codes = self.search(flat)
+            if updating:
+                # Every frame, weighted by the mask: no device-to-host read in an ordinary training step.
+                self._update_statistics(flat, codes, mask.reshape(-1).to(flat.dtype))
+                steps = host_scalar(self, "steps") + 1
+                set_host_scalar(self, "steps", steps)
+                if self.dead_code_threshold > 0 and steps % self.dead_code_restart_interval == 0:
+                    self._restart_dead_codes(flat[mask.reshape(-1).bool()])
+                    codes = self.search(flat)
+            codewords = self.lookup(codes)
         return codewords.view(batch, frames, self.num_groups, self.dim), codes.view(batch, frames, self.num_groups)
 
 
@@ -416,10 +540,13 @@ class ProductQuantizer(nn.Module):
         self.entropy_temperature = entropy_temperature
         self.codebooks = VectorQuantizerGroup(num_codebooks, codebook_size, codebook_dim // num_codebooks, **flags)
         if subspace_rotation == "opq":
-            self.register_buffer("rotation", torch.eye(codebook_dim))
+            self.register_buffer("rotation", torch.eye(codebook_dim, dtype=torch.float32))
             self.register_buffer("rotation_initialized", torch.tensor(False))
-            self.register_buffer("ema_cross_covariance", torch.zeros(codebook_dim, codebook_dim))
+            self.register_buffer("ema_cross_covariance", torch.zeros(codebook_dim, codebook_dim, dtype=torch.float32))
             self.register_buffer("rotation_steps", torch.tensor(0, dtype=torch.int64))
+
+    def _apply(self, fn, recurse=True):
+        return super()._apply(keep_float32(fn), recurse)
 
     def _rotate(self, latents: torch.Tensor) -> torch.Tensor:
         if self.subspace_rotation != "opq":
@@ -428,40 +555,47 @@ class ProductQuantizer(nn.Module):
         return latents @ (self.rotation.clone() if torch.is_grad_enabled() else self.rotation)
 
     @torch.no_grad()
-    def _update_rotation(self, valid_latents: torch.Tensor, valid_codewords: torch.Tensor) -> None:
-        """valid_latents (n, D) before rotation, valid_codewords (n, D) in rotated space."""
-        cross = _all_reduce_sum(valid_latents.T.double() @ valid_codewords.double())
+    def _update_rotation(self, latents: torch.Tensor, codewords: torch.Tensor,
+                         weights: torch.Tensor | None = None) -> None:
+        """latents (n, D) before rotation, codewords (n, D) in rotated space, weights (n,) 1 for valid frames."""
+        latents = latents.double() if weights is None else latents.double() * weights.double()[:, None]
+        cross = _all_reduce_sum(latents.T @ codewords.double())
         decay = self.codebooks.ema_decay
         self.ema_cross_covariance.mul_(decay).add_(cross.to(self.ema_cross_covariance.dtype), alpha=1 - decay)
-        self.rotation_steps += 1
-        if int(self.rotation_steps) % self.rotation_update_interval == 0:
+        steps = host_scalar(self, "rotation_steps") + 1
+        set_host_scalar(self, "rotation_steps", steps)
+        if steps % self.rotation_update_interval == 0:
             left, _, right_t = torch.linalg.svd(self.ema_cross_covariance.double())
             self.rotation.copy_((left @ right_t).to(self.rotation.dtype))
 
+    @in_float32
     def forward(self, latents: torch.Tensor, mask: torch.Tensor, with_entropy_loss: bool = False) -> QuantizerOutput:
-        """latents (B, T, D), mask (B, T) -> QuantizerOutput with quantized (B, T, D) and codes (B, M, T)."""
+        """latents (B, T, D), mask (B, T) -> QuantizerOutput with quantized (B, T, D) and codes (B, M, T).
+
+        Everything runs in float32 (autocast off); gradients flow back to `latents` in their own dtype."""
         batch, frames, _ = latents.shape
         updating = self.training and not self.codebooks.frozen
-        valid_mask = mask.reshape(-1).bool()
-        if self.subspace_rotation == "opq" and updating and not bool(self.rotation_initialized):
-            valid = latents.detach().reshape(-1, self.codebook_dim)[valid_mask]
+        weights = mask.reshape(-1).to(latents.dtype)
+        if self.subspace_rotation == "opq" and updating and not host_scalar(self, "rotation_initialized"):
+            valid = latents.detach().reshape(-1, self.codebook_dim)[mask.reshape(-1).bool()]  # first step only
             if valid.shape[0] > 1:
                 self.rotation.copy_(_broadcast(balanced_pca_rotation(valid.float(), self.num_codebooks).contiguous()))
-                self.rotation_initialized.fill_(True)
+                set_host_scalar(self, "rotation_initialized", True)
         rotated = self._rotate(latents)
         chunks = rotated.view(batch, frames, self.num_codebooks, -1)
         codewords, codes = self.codebooks(chunks, mask)
         target = self.codebooks._normalized(chunks).reshape(batch, frames, -1)
         codewords = codewords.reshape(batch, frames, -1)
         if self.subspace_rotation == "opq" and updating:
-            self._update_rotation(latents.detach().reshape(-1, self.codebook_dim)[valid_mask].float(),
-                                  codewords.detach().reshape(-1, self.codebook_dim)[valid_mask].float())
+            self._update_rotation(latents.detach().reshape(-1, self.codebook_dim),
+                                  codewords.detach().reshape(-1, self.codebook_dim), weights)
         output = _straight_through(target, codewords, codes.transpose(1, 2), mask, self.codebooks.use_ema)
         if with_entropy_loss:
-            valid_chunks = chunks.reshape(batch * frames, self.num_codebooks, -1)[valid_mask]
-            output.entropy_loss = self.codebooks.entropy_loss(valid_chunks, self.entropy_temperature)
+            all_chunks = chunks.reshape(batch * frames, self.num_codebooks, -1)
+            output.entropy_loss = self.codebooks.entropy_loss(all_chunks, self.entropy_temperature, weights)
         return output
 
+    @in_float32
     def encode(self, latents: torch.Tensor) -> torch.Tensor:
         """latents (B, T, D) -> codes (B, M, T), no training side effects."""
         batch, frames, _ = latents.shape
@@ -491,16 +625,16 @@ class ResidualQuantizer(nn.Module):
             VectorQuantizerGroup(1, codebook_size, codebook_dim, **flags) for _ in range(num_codebooks)
         )
 
+    @in_float32
     def forward(self, latents: torch.Tensor, mask: torch.Tensor, with_entropy_loss: bool = False) -> QuantizerOutput:
         batch, frames, dim = latents.shape
         residual = latents
         total = torch.zeros_like(latents)
         all_codes, entropy_losses = [], []
-        valid_mask = mask.reshape(-1).bool()
+        weights = mask.reshape(-1).to(latents.dtype)
         for stage in self.stages:
             if with_entropy_loss:
-                entropy_losses.append(
-                    stage.entropy_loss(residual.reshape(-1, 1, dim)[valid_mask], self.entropy_temperature))
+                entropy_losses.append(stage.entropy_loss(residual.reshape(-1, 1, dim), self.entropy_temperature, weights))
             codewords, codes = stage(residual.view(batch, frames, 1, dim), mask)
             codewords = codewords.view(batch, frames, dim)
             total = total + codewords
@@ -512,6 +646,7 @@ class ResidualQuantizer(nn.Module):
             output.entropy_loss = torch.stack(entropy_losses).mean()
         return output
 
+    @in_float32
     def encode(self, latents: torch.Tensor) -> torch.Tensor:
         batch, frames, dim = latents.shape
         residual = latents.reshape(batch * frames, 1, dim)

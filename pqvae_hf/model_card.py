@@ -47,7 +47,7 @@ def write_model_card(output_dir: str, config, metrics: dict | None = None, model
         f"| bits per second | {config.bits_per_second:g} |",
         f"| dual decoding weight | {config.dual_decoding_weight:g} |",
         f"| EMA / k-means init / dead-code threshold | {config.use_ema} / {config.kmeans_init} /"
-        f" {config.dead_code_threshold:g} |",
+        f" {config.dead_code_threshold:g} ({config.dead_code_threshold_mode}) |",
         f"| log-mel | {config.num_mel_bins} bins, n_fft {config.n_fft}, hop {config.hop_length} |",
         f"| encoder / decoder | ConvNeXt, {config.num_encoder_layers} / {config.num_decoder_layers} blocks,"
         f" {config.hidden_size} channels |",

@@ -49,19 +49,50 @@ class CodebookUsageTracker:
     """Per-sub-codebook usage and perplexity of the training frames seen since the previous log line.
 
     The trainer feeds it every batch's codes (`observe`); at each logging step it adds `train_codebook*` entries to
-    the log. Index collapse shows up here long before it shows in the loss.
+    the log. Index collapse shows up here long before it shows in the loss. `observe` only keeps the (detached)
+    codes on their device; they are counted on the CPU at the logging step, so training steps never wait for the
+    device (a few kB of codes per step).
     """
 
     def __init__(self, num_codebooks: int, codebook_size: int):
         self.stats = CodebookStatistics(num_codebooks, codebook_size)
+        self.pending: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def observe(self, audio_codes: torch.Tensor, frame_mask: torch.Tensor) -> None:
-        self.stats.update(audio_codes, frame_mask)
+        self.pending.append((audio_codes.detach(), frame_mask.detach()))
 
     def pop_metrics(self) -> dict[str, float]:
+        for audio_codes, frame_mask in self.pending:
+            self.stats.update(audio_codes, frame_mask)
+        self.pending.clear()
         stats = gather_statistics(self.stats) if _distributed() else self.stats
         metrics = codebook_metrics(stats, "train_") if stats.num_frames else {}
         self.stats.reset()
+        return metrics
+
+
+class LossPartsTracker:
+    """Means of the loss parts over the training steps since the previous log line, summed on the device and read
+    once per log line (a per-step `float()` would make every step wait for the device)."""
+
+    def __init__(self):
+        self.names: list[str] = []
+        self.sums: torch.Tensor | None = None
+        self.steps = 0
+
+    def observe(self, parts: dict[str, torch.Tensor]) -> None:
+        values = torch.stack([value.detach().float().reshape(()) for value in parts.values()])
+        if self.sums is None or list(parts) != self.names:
+            self.pop_metrics()
+            self.names, self.sums = list(parts), torch.zeros_like(values)
+        self.sums += values
+        self.steps += 1
+
+    def pop_metrics(self) -> dict[str, float]:
+        metrics = {}
+        if self.sums is not None and self.steps:
+            metrics = {name: value / self.steps for name, value in zip(self.names, self.sums.tolist())}
+        self.sums, self.steps = None, 0
         return metrics
 
 
@@ -99,6 +130,7 @@ class PQVAETrainer(Trainer):
         self.model_card_info = dict(model_card_info or {})
         config = self.model.config
         self.usage_tracker = CodebookUsageTracker(config.num_codebooks, config.codebook_size)
+        self.loss_parts_tracker = LossPartsTracker()
         self.last_eval_metrics: dict[str, float] = {}
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
@@ -108,20 +140,21 @@ class PQVAETrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         outputs = model(**inputs)
-        if model.training:
+        if model.training:  # accumulated on the device, read at the next log line
             self.usage_tracker.observe(outputs.audio_codes, outputs.frame_mask)
-            self._loss_parts = {
-                "reconstruction_loss": float(outputs.reconstruction_loss),
-                "dual_reconstruction_loss": float(outputs.dual_reconstruction_loss),
-                "commitment_loss": float(outputs.commitment_loss),
+            parts = {
+                "reconstruction_loss": outputs.reconstruction_loss,
+                "dual_reconstruction_loss": outputs.dual_reconstruction_loss,
+                "commitment_loss": outputs.commitment_loss,
             }
-            if getattr(outputs, "entropy_loss", None) is not None and float(outputs.entropy_loss) != 0.0:
-                self._loss_parts["entropy_loss"] = float(outputs.entropy_loss)
+            if self.model.config.entropy_loss_weight > 0 and getattr(outputs, "entropy_loss", None) is not None:
+                parts["entropy_loss"] = outputs.entropy_loss
+            self.loss_parts_tracker.observe(parts)
         return (outputs.loss, outputs) if return_outputs else outputs.loss
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if "loss" in logs:  # a training log line: add the codebook picture of the frames since the last one
-            logs = {**logs, **getattr(self, "_loss_parts", {}), **self.usage_tracker.pop_metrics()}
+        if "loss" in logs:  # a training log line: loss parts and codebook picture of the steps since the last one
+            logs = {**logs, **self.loss_parts_tracker.pop_metrics(), **self.usage_tracker.pop_metrics()}
         super().log(logs, start_time)
 
     @torch.no_grad()

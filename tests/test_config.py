@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 from transformers import AutoConfig
@@ -40,6 +41,9 @@ def test_defaults_and_derived_properties():
         (dict(subspace_rotation="pca"), "subspace_rotation"),
         (dict(subspace_rotation="opq", quantizer_type="rvq"), "quantizer_type='pq'"),
         (dict(rotation_update_interval=0), "rotation_update_interval"),
+        (dict(quantizer_type="rvq", use_cosine_codebook=True), "use_cosine_codebook"),
+        (dict(codebook_size=65536, num_codebooks=4, codebook_dim=64), "int64"),
+        (dict(quantizer_type="rvq", codebook_size=2**32, num_codebooks=2), "int64"),
     ],
 )
 def test_invalid_configs_raise_clear_value_errors(kwargs, message):
@@ -60,3 +64,22 @@ def test_round_trip_through_json_and_auto_config(tmp_path):
         k: v for k, v in config.to_dict().items() if k not in drop
     }
     assert loaded.composite_codebook_size == 16**4
+
+
+def test_dead_code_threshold_is_relative_by_default_and_old_configs_keep_their_absolute_meaning(tmp_path):
+    config = PQVAEConfig()
+    assert (config.dead_code_threshold, config.dead_code_threshold_mode) == (0.2, "relative")
+    config.save_pretrained(tmp_path / "new")
+    assert json.loads((tmp_path / "new" / "config.json").read_text())["dead_code_threshold_mode"] == "relative"
+    assert AutoConfig.from_pretrained(tmp_path / "new").dead_code_threshold_mode == "relative"
+    # A config.json written before the field existed (the shipped checkpoint's) meant an absolute count per batch.
+    shipped = json.loads((Path(__file__).resolve().parent.parent / "checkpoints" / "pqvae-speech-small"
+                          / "config.json").read_text())
+    assert "dead_code_threshold_mode" not in shipped
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "config.json").write_text(json.dumps(shipped))
+    old = AutoConfig.from_pretrained(tmp_path / "old")
+    assert (old.dead_code_threshold, old.dead_code_threshold_mode) == (1.0, "absolute")
+    assert PQVAEConfig.from_dict(shipped).dead_code_threshold_mode == "absolute"
+    with pytest.raises(ValueError, match="dead_code_threshold_mode"):
+        PQVAEConfig(dead_code_threshold_mode="per_gpu")

@@ -91,3 +91,48 @@ def test_processor_lm_tokens_round_trip_with_offset_and_markers(tmp_path):
 
 def test_config_and_feature_extractor_rates_agree():
     assert PQVAEFeatureExtractor().sampling_rate == PQVAEConfig().sampling_rate
+
+
+def test_left_padding_is_refused_because_the_frame_mask_assumes_right_padding(fe):
+    with pytest.raises(ValueError, match="padding_side"):
+        PQVAEFeatureExtractor(sampling_rate=16000, padding_side="left")
+    assert PQVAEFeatureExtractor(sampling_rate=16000, padding_side="right").padding_side == "right"
+    with pytest.raises(ValueError, match="padding_side"):
+        fe([np.ones(10), np.ones(4)], sampling_rate=16000, padding_side="left")
+    fe.padding_side = "left"
+    with pytest.raises(ValueError, match="padding_side"):
+        fe([np.ones(10), np.ones(4)], sampling_rate=16000)
+
+
+def test_processor_must_match_the_model_it_is_saved_with(tmp_path):
+    from conftest import tiny_config
+
+    from pqvae_hf import PQVAEModel
+
+    model = PQVAEModel(tiny_config())  # M = 2, N = 16
+    model.save_pretrained(tmp_path)
+    feature_extractor = PQVAEFeatureExtractor(sampling_rate=8000)
+    PQVAEProcessor(feature_extractor, num_codebooks=2, codebook_size=256).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="codebook_size"):
+        AutoProcessor.from_pretrained(tmp_path)
+    PQVAEProcessor(feature_extractor, num_codebooks=2, codebook_size=16).save_pretrained(tmp_path)
+    assert AutoProcessor.from_pretrained(tmp_path).codebook_size == 16
+    processor = AutoProcessor.from_pretrained(tmp_path)
+    processor.check_model_config(model.config)
+    with pytest.raises(ValueError, match="num_codebooks"):
+        processor.check_model_config(tiny_config(num_codebooks=4))
+
+
+def test_padding_goes_through_sequence_feature_extractor_pad_and_honours_return_attention_mask(fe, monkeypatch):
+    calls = []
+    original = PQVAEFeatureExtractor.pad
+    monkeypatch.setattr(PQVAEFeatureExtractor, "pad", lambda self, *a, **k: calls.append(k) or original(self, *a, **k))
+    out = fe([np.ones(10), np.ones(3)], sampling_rate=16000, pad_to_multiple_of=8, return_tensors="pt")
+    assert calls and calls[-1]["pad_to_multiple_of"] == 8
+    assert out["input_values"].shape == (2, 1, 16) and out["padding_mask"].dtype == torch.int64
+    assert out["padding_mask"].sum(-1).tolist() == [10, 3]
+    no_mask = fe([np.ones(10), np.ones(3)], sampling_rate=16000, return_attention_mask=False, return_tensors="np")
+    assert set(no_mask) == {"input_values"} and no_mask["input_values"].shape == (2, 1, 10)
+    quiet = PQVAEFeatureExtractor(sampling_rate=16000, return_attention_mask=False)
+    assert "padding_mask" not in quiet(np.ones(5), sampling_rate=16000)
+    assert "padding_mask" in quiet(np.ones(5), sampling_rate=16000, return_attention_mask=True)

@@ -1,3 +1,5 @@
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -203,3 +205,134 @@ def test_bad_codes_raise_clear_errors(tiny_model):
     with pytest.raises(ValueError, match=r"\[0, 256\)"):
         tiny_model.composite_to_codes(torch.tensor([[256]]))
     assert np.array_equal(tiny_model.composite_to_codes(torch.tensor([[255]])).numpy(), [[[15], [15]]])
+
+
+@pytest.mark.parametrize("vocoder", ["neural", "griffin_lim"])
+def test_batched_decode_equals_each_example_decoded_alone(vocoder):
+    """Padding never leaks into a shorter example's mel or audio: vocoder convolutions and the inverse STFT's
+    overlap-add see only its own frames."""
+    torch.manual_seed(0)
+    model = warm_up(PQVAEModel(tiny_config(vocoder=vocoder, vocoder_hidden_size=32, vocoder_intermediate_size=64,
+                                           vocoder_num_layers=2)))
+    audio, batch = _features(model, [1.0, 0.37, 0.61, 0.05, 0.3], seed=3)
+    codes = model.encode(**batch).audio_codes
+    # Garbage codes in the padded frames must not matter either.
+    frame_mask = model.encode(**batch).frame_mask
+    noisy_codes = torch.where(frame_mask[:, None].bool(), codes, torch.randint_like(codes, model.config.codebook_size))
+    with torch.no_grad():
+        batched = model.decode(noisy_codes, batch["padding_mask"])
+    hop = model.config.hop_length
+    for index, example in enumerate(audio):
+        length, valid = len(example), len(example) // hop + 1
+        with torch.no_grad():
+            alone = model.decode(codes[index : index + 1, :, :valid], torch.ones(1, length, dtype=torch.long))
+        torch.testing.assert_close(batched.mel[index, :, :valid], alone.mel[0], atol=1e-5, rtol=0)
+        assert alone.audio_values.shape == (1, 1, length)
+        assert float(alone.audio_values.abs().max()) > 1e-4 or valid < 2
+        torch.testing.assert_close(batched.audio_values[index, :, :length], alone.audio_values[0], atol=1e-5, rtol=0)
+        assert float(batched.audio_values[index, :, length:].abs().sum()) == 0.0
+        # Padded frames of the returned mel hold the log-mel of silence, what the front-end gives for padding.
+        assert bool((batched.mel[index, :, valid:] == math.log(model.config.log_floor)).all())
+
+
+def test_forward_refuses_unknown_keyword_arguments_but_takes_what_trainer_passes(tiny_model):
+    _, batch = _features(tiny_model, [0.3, 0.2])
+    tiny_model.eval()
+    with pytest.raises(TypeError, match="paddingmask"):
+        tiny_model(batch["input_values"], paddingmask=batch["padding_mask"])
+    reference = tiny_model(**batch).loss
+    assert torch.equal(tiny_model(**batch, num_items_in_batch=123).loss, reference)  # accepted and ignored
+    assert PQVAEModel.accepts_loss_kwargs is False  # losses are means over valid frames: Trainer scales them
+    assert PQVAEModel.input_modalities == "audio"
+
+
+def test_griffin_lim_decodes_a_single_frame_to_empty_audio(tiny_model):
+    codes = torch.zeros(2, 2, 1, dtype=torch.long)
+    assert tiny_model.decode(codes).audio_values.shape == (2, 1, 0)
+    out = tiny_model.decode(codes, torch.ones(2, 40, dtype=torch.long))  # 40 samples -> one frame
+    assert out.audio_values.shape == (2, 1, 40) and float(out.audio_values.abs().sum()) == 0.0
+    mask = torch.ones(2, 200, dtype=torch.long)
+    mask[1, 30:] = 0  # the second example has one frame, inside a batch
+    out = tiny_model.decode(torch.zeros(2, 2, 4, dtype=torch.long), mask)
+    assert out.audio_values.shape == (2, 1, 200) and float(out.audio_values[1].abs().sum()) == 0.0
+
+
+@pytest.mark.parametrize("overrides", [dict(vocoder="neural", vocoder_hidden_size=32, vocoder_intermediate_size=64,
+                                            vocoder_num_layers=2, subspace_rotation="opq"),
+                                       dict(quantizer_type="rvq", num_codebooks=3, kmeans_init=False)])
+def test_init_weights_gives_every_buffer_its_registered_value(overrides):
+    """transformers' `test_init_weights_can_init_buffers`: a model built on the meta device and initialised by
+    `init_weights()` has exactly the buffers of a model built directly (what `from_pretrained` relies on for
+    buffers a checkpoint lacks)."""
+    import copy
+
+    from transformers.initialization import no_init_weights
+
+    config = tiny_config(**overrides)
+    with no_init_weights():
+        from_init = PQVAEModel(copy.deepcopy(config))
+    with torch.device("meta"):
+        from_meta = PQVAEModel(copy.deepcopy(config))
+    from_meta.to_empty(device="cpu")
+    from_meta.init_weights()
+    buffers, meta_buffers = dict(from_init.named_buffers()), dict(from_meta.named_buffers())
+    assert sorted(buffers) == sorted(meta_buffers)
+    different = sorted(name for name, value in buffers.items() if not bool((value == meta_buffers[name]).all()))
+    assert different == []
+
+
+def test_codebook_statistics_are_seeded_at_the_first_training_step_without_kmeans():
+    torch.manual_seed(0)
+    model = PQVAEModel(tiny_config(kmeans_init=False))
+    group = model.quantizer.codebooks
+    assert not bool(group.initialized) and float(group.ema_cluster_size.abs().sum()) == 0.0
+    codebook = group.codebook.detach().clone()
+    warm_up(model)
+    assert bool(group.initialized) and int(group.steps) == 1
+    # Seeded from the codebook itself (cluster size 1 each), then one EMA step: unused codewords stay where they were.
+    unused = group.usage_ema < 0.99 + 1e-6  # seeded at 1.0, then one decay step with no assignment
+    assert bool(unused.any())
+    torch.testing.assert_close(group.codebook[unused], codebook[unused], rtol=1e-4, atol=1e-6)
+
+
+def test_encode_and_decode_compile_as_single_graphs():
+    """torch.compile(fullgraph=True): no data-dependent Python branch (input checks run on the device when
+    compiling). aot_eager traces exactly what inductor gets, without spending a minute generating C++."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = warm_up(PQVAEModel(tiny_config(vocoder="neural", vocoder_hidden_size=32, vocoder_intermediate_size=64,
+                                           vocoder_num_layers=2)))
+    _, batch = _features(model, [0.5, 0.3])
+    encode = torch.compile(model.encode, fullgraph=True, backend="aot_eager")
+    decode = torch.compile(model.decode, fullgraph=True, backend="aot_eager")
+    with torch.no_grad():
+        codes = model.encode(**batch).audio_codes
+        assert torch.equal(encode(batch["input_values"], batch["padding_mask"]).audio_codes, codes)
+        compiled, eager = decode(codes, batch["padding_mask"]), model.decode(codes, batch["padding_mask"])
+    torch.testing.assert_close(compiled.mel, eager.mel, atol=1e-5, rtol=0)
+    torch.testing.assert_close(compiled.audio_values, eager.audio_values, atol=1e-5, rtol=0)
+    torch._dynamo.reset()
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(0)
+    base = warm_up(PQVAEModel(tiny_config(num_encoder_layers=2, num_decoder_layers=2)))
+    _, batch = _features(base, [0.5, 0.3])
+    gradients = {}
+    for checkpointing in (False, True):
+        model = PQVAEModel(base.config)
+        model.load_state_dict(base.state_dict())
+        model.quantizer.codebooks.frozen = True  # same codebooks for both runs
+        calls = []
+        if checkpointing:
+            model.gradient_checkpointing_enable()
+            assert model.is_gradient_checkpointing
+            for block in [*model.encoder.blocks, *model.decoder.blocks]:
+                checkpoint = block._gradient_checkpointing_func
+                block._gradient_checkpointing_func = lambda *a, _f=checkpoint, **k: calls.append(1) or _f(*a, **k)
+        model.train()(**batch).loss.backward()
+        assert len(calls) == (4 if checkpointing else 0)  # every ConvNeXt block of encoder and decoder
+        gradients[checkpointing] = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    assert gradients[True].keys() == gradients[False].keys()
+    for name in gradients[False]:
+        torch.testing.assert_close(gradients[True][name], gradients[False][name], atol=1e-6, rtol=1e-5, msg=name)

@@ -219,3 +219,50 @@ def test_opq_rotation_is_refined_by_procrustes_and_stays_consistent_for_encode_d
     assert torch.equal(codes, output.codes)
     assert torch.allclose(quantizer.decode(codes), output.quantized, atol=1e-5)
     assert first.codes.shape == (4, 2, 50)
+
+
+def _restart_counts(mode: str, threshold: float, codebook_size: int = 1024, frames: int = 256, steps: int = 200):
+    """Codewords re-seeded by dead-code restarts when every codeword is used equally often (uniform data)."""
+    torch.manual_seed(0)
+    group = VectorQuantizerGroup(1, codebook_size, 4, use_ema=False, kmeans_init=False, dead_code_threshold=threshold,
+                                 dead_code_threshold_mode=mode, dead_code_restart_interval=50, usage_decay=0.99)
+    group.reset_codebook()
+    group.codebook.data.copy_(torch.randn(1, codebook_size, 4))
+    start = group.codebook.data.clone()
+    group.train()
+    for _ in range(steps):
+        pick = torch.randint(codebook_size, (frames,))
+        group(start[0, pick][None, :, None, :] + 1e-3 * torch.randn(1, frames, 1, 4), torch.ones(1, frames))
+    return int((group.codebook.data != start).any(-1).sum())
+
+
+def test_relative_dead_code_threshold_does_not_cap_a_large_codebook():
+    # 1,024 codewords, 256 frames per batch, every codeword equally likely: each is used 0.25 times per batch.
+    # An absolute threshold of 1 use per batch declares all of them dead; the relative default restarts none.
+    assert _restart_counts("absolute", 1.0) > 1000
+    assert _restart_counts("relative", 0.2) == 0
+
+
+def test_relative_usage_does_not_depend_on_batch_size_or_process_count():
+    torch.manual_seed(0)
+    codebook = torch.randn(1, 16, 2)
+    latents = codebook[0, torch.randint(6, (120,))][None, :, None, :]  # 10 of 16 codewords never used
+    usage = {}
+    for mode in ("relative", "absolute"):
+        for copies in (1, 4):  # 4x the frames per batch (bigger batch, or 4 data-parallel processes summed)
+            group = VectorQuantizerGroup(1, 16, 2, use_ema=False, kmeans_init=False, dead_code_threshold=0.2,
+                                         dead_code_threshold_mode=mode, dead_code_restart_interval=1000)
+            group.reset_codebook()
+            group.codebook.data.copy_(codebook)
+            group.train()
+            batch = latents.repeat(1, copies, 1, 1)
+            for _ in range(30):
+                group(batch, torch.ones(1, batch.shape[1]))
+            usage[mode, copies] = group.usage_ema.clone()
+    torch.testing.assert_close(usage["relative", 1], usage["relative", 4])
+    assert float(usage["relative", 1].mean()) == pytest.approx(1.0, abs=0.05)  # in units of the uniform share
+    # Absolute counts grow with the batch: the used codewords' usage is ~4x larger.
+    used = usage["absolute", 1] > 1.5
+    assert bool((usage["absolute", 4][used] > 3 * usage["absolute", 1][used]).all())
+    with pytest.raises(ValueError, match="dead_code_threshold_mode"):
+        VectorQuantizerGroup(1, 16, 2, dead_code_threshold_mode="per_batch")

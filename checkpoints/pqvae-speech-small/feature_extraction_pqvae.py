@@ -42,8 +42,17 @@ class PQVAEFeatureExtractor(SequenceFeatureExtractor):
                  mono: bool = False, **kwargs):
         if feature_size != 1:
             raise ValueError(f"PQ-VAE models take mono audio: feature_size must be 1, got {feature_size}.")
+        self._check_padding_side(kwargs.get("padding_side", "right"))
         super().__init__(feature_size=feature_size, sampling_rate=sampling_rate, padding_value=padding_value, **kwargs)
         self.mono = mono
+
+    @staticmethod
+    def _check_padding_side(padding_side) -> None:
+        if padding_side != "right":
+            raise ValueError(
+                f"padding_side={padding_side!r} is not supported: the model derives each example's frames from the"
+                " number of real samples at the start of its row (right padding). Use padding_side='right'."
+            )
 
     def _to_mono_float(self, audio, index: int, mono: bool) -> np.ndarray:
         if hasattr(audio, "detach"):  # torch tensor, without importing torch here
@@ -88,6 +97,7 @@ class PQVAEFeatureExtractor(SequenceFeatureExtractor):
         pad_to_multiple_of: int | None = None,
         return_tensors: str | None = None,
         mono: bool | None = None,
+        return_attention_mask: bool | None = None,
         **kwargs,
     ) -> BatchFeature:
         """
@@ -102,10 +112,14 @@ class PQVAEFeatureExtractor(SequenceFeatureExtractor):
             pad_to_multiple_of (`int`, *optional*): round the padded length up to a multiple of this.
             return_tensors (`"pt"` or `"np"`, *optional*).
             mono (`bool`, *optional*): override `self.mono` for this call.
+            return_attention_mask (`bool`, *optional*): return `padding_mask` (default: `self.return_attention_mask`,
+                True). It is the model's `padding_mask` (EnCodec's name for the attention mask).
 
         Returns:
-            [`BatchFeature`] with `input_values` (B, 1, T) float32 and `padding_mask` (B, T) int (1 = real sample).
+            [`BatchFeature`] with `input_values` (B, 1, T) float32 and `padding_mask` (B, T) int64 (1 = real sample).
+            Padding is done by `SequenceFeatureExtractor.pad` (right side, `padding_value`).
         """
+        self._check_padding_side(kwargs.pop("padding_side", self.padding_side))
         if kwargs:
             raise TypeError(f"Unexpected arguments: {sorted(kwargs)}.")
         if sampling_rate is None:
@@ -141,23 +155,21 @@ class PQVAEFeatureExtractor(SequenceFeatureExtractor):
                     " to cut it, or a larger max_length."
                 )
             target = max_length
-        elif padding in (True, "longest"):
-            target = max(lengths)
         elif padding in (False, "do_not_pad"):
             if len(set(lengths)) > 1 and return_tensors is not None:
                 raise ValueError("Examples of different lengths need padding=True to be returned as tensors.")
-            target = max(lengths)
-        else:
+            padding = "longest"  # the output is always one (B, 1, T) array: equal lengths need no padding anyway
+        elif padding not in (True, "longest"):
             raise ValueError(f"padding must be True, False, 'longest' or 'max_length', got {padding!r}.")
-        if pad_to_multiple_of:
-            target = -(-target // pad_to_multiple_of) * pad_to_multiple_of
 
-        input_values = np.full((len(examples), 1, target), self.padding_value, dtype=np.float32)
-        padding_mask = np.zeros((len(examples), target), dtype=np.int64)
-        for row, audio in enumerate(examples):
-            input_values[row, 0, : audio.shape[0]] = audio
-            padding_mask[row, : audio.shape[0]] = 1
-        return BatchFeature({"input_values": input_values, "padding_mask": padding_mask}, tensor_type=return_tensors)
+        # Truncation was done above (to exactly max_length, before rounding up to pad_to_multiple_of).
+        padded = self.pad(BatchFeature({"input_values": examples}), padding=padding, max_length=max_length,
+                          truncation=False, pad_to_multiple_of=pad_to_multiple_of, return_attention_mask=True,
+                          return_tensors="np")
+        outputs = {"input_values": np.asarray(padded["input_values"], dtype=np.float32)[:, None, :]}
+        if self.return_attention_mask if return_attention_mask is None else return_attention_mask:
+            outputs["padding_mask"] = np.asarray(padded["attention_mask"], dtype=np.int64)
+        return BatchFeature(outputs, tensor_type=return_tensors)
 
 
 __all__ = ["PQVAEFeatureExtractor"]

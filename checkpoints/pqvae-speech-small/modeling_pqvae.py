@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_utils import PreTrainedAudioTokenizerBase
 from transformers import initialization as init
 from transformers.utils import ModelOutput
@@ -28,7 +29,8 @@ from .quantization_pqvae import (
     VectorQuantizerGroup,
     codes_to_composite,
     composite_to_codes,
-    perplexity_from_counts,
+    float32_region,
+    keep_float32,
 )
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -127,7 +129,9 @@ class LogMelSpectrogram(nn.Module):
     """Fixed (non-trainable) front-end: waveform (B, T) -> natural-log mel magnitudes (B, num_mel_bins, F).
 
     The STFT is centred with zero padding (not reflection), so an example padded with zeros in a batch gives exactly
-    the frames it gives alone. Window and filterbank are non-persistent buffers rebuilt from the config.
+    the frames it gives alone. Window and filterbank are non-persistent buffers rebuilt from the config. It always
+    computes in float32 (buffers stay float32 when the model is cast to half precision; autocast is off inside) and
+    returns float32.
     """
 
     def __init__(self, config: PQVAEConfig):
@@ -136,26 +140,32 @@ class LogMelSpectrogram(nn.Module):
         self.hop_length = config.hop_length
         self.win_length = config.win_length
         self.log_floor = config.log_floor
-        self.register_buffer("window", torch.hann_window(config.win_length), persistent=False)
+        self.register_buffer("window", torch.hann_window(config.win_length, dtype=torch.float32), persistent=False)
         self.register_buffer("mel_filters", mel_filterbank(config), persistent=False)
 
+    def _apply(self, fn, recurse=True):
+        return super()._apply(keep_float32(fn), recurse)
+
     def magnitude(self, waveform: torch.Tensor) -> torch.Tensor:
-        spec = torch.stft(
-            waveform.float(), self.n_fft, hop_length=self.hop_length, win_length=self.win_length, window=self.window,
-            center=True, pad_mode="constant", return_complex=True,
-        )
-        return spec.abs()
+        with float32_region(waveform):
+            spec = torch.stft(
+                waveform.float(), self.n_fft, hop_length=self.hop_length, win_length=self.win_length,
+                window=self.window.float(), center=True, pad_mode="constant", return_complex=True,
+            )
+            return spec.abs()
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
-        mel = torch.matmul(self.mel_filters, self.magnitude(waveform))
-        return torch.log(torch.clamp(mel, min=self.log_floor))
+        with float32_region(waveform):
+            mel = torch.matmul(self.mel_filters.float(), self.magnitude(waveform))
+            return torch.log(torch.clamp(mel, min=self.log_floor))
 
 
 class GriffinLim(nn.Module):
     """Weight-free vocoder: log-mel (B, num_mel_bins, F) -> waveform (B, (F - 1) * hop_length).
 
     Magnitudes are recovered with the filterbank's pseudo-inverse, then phases by Griffin-Lim with momentum
-    (Perraud et al. 2013). A neural vocoder can replace this module without touching the tokenizer.
+    (Perraud et al. 2013). A neural vocoder can replace this module without touching the tokenizer. With a
+    `frame_mask` (B, F), each example is reconstructed from its own valid frames, as alone, and zero-padded.
     """
 
     def __init__(self, config: PQVAEConfig, front_end: LogMelSpectrogram):
@@ -164,7 +174,19 @@ class GriffinLim(nn.Module):
         self.num_iters = config.griffin_lim_iters
         self.momentum = 0.99
 
-    def forward(self, log_mel: torch.Tensor) -> torch.Tensor:
+    def forward(self, log_mel: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
+        if log_mel.shape[-1] < 2:
+            # One frame spans no hop, so there are no samples to produce; istft rejects length 0.
+            return log_mel.new_zeros(log_mel.shape[0], 0, dtype=torch.float32)
+        if frame_mask is not None and not bool(frame_mask.bool().all()):
+            # The iterations couple all frames within a window and start from random phases, so padded examples are
+            # reconstructed one by one from their own frames (Griffin-Lim is a fallback; its speed matters little).
+            length = (log_mel.shape[-1] - 1) * self.front_end[0].hop_length
+            outputs = []
+            for example, valid in zip(log_mel, frame_mask.long().sum(-1).tolist()):
+                audio = self(example[None, :, :valid])[0]
+                outputs.append(F.pad(audio, (0, length - audio.shape[-1])))
+            return torch.stack(outputs)
         front = self.front_end[0]
         magnitude = torch.linalg.pinv(front.mel_filters.double()).float() @ torch.exp(log_mel.float())
         magnitude = magnitude.clamp_min(0.0)
@@ -189,10 +211,11 @@ class GriffinLim(nn.Module):
 # --------------------------------------------------------------------------------------------------------------------
 
 
-class ConvNeXtBlock(nn.Module):
+class ConvNeXtBlock(GradientCheckpointingLayer):
     """Depthwise conv -> LayerNorm -> pointwise MLP, residual with layer scale. Input and output (B, C, F).
 
-    The input is zeroed on padded frames before the depthwise conv, so padding never leaks into valid frames.
+    The input is zeroed on padded frames before the depthwise conv, so padding never leaks into valid frames. With
+    `model.gradient_checkpointing_enable()` its activations are recomputed in the backward pass instead of stored.
     """
 
     def __init__(self, config: PQVAEConfig, num_layers: int):
@@ -226,6 +249,7 @@ class ConvNeXtStack(nn.Module):
         self.proj_out = nn.Linear(config.hidden_size, out_dim)
 
     def forward(self, features: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
+        features = features.to(self.conv_in.weight.dtype)  # float32 front-end / quantizer output -> model dtype
         mask = frame_mask[:, None, :].to(features.dtype)
         hidden = self.conv_in(features * mask)
         hidden = self.norm_in(hidden.transpose(1, 2)).transpose(1, 2)
@@ -244,6 +268,14 @@ class PQVAEPreTrainedModel(PreTrainedAudioTokenizerBase):
     config: PQVAEConfig
     base_model_prefix = "pqvae"
     main_input_name = "input_values"
+    input_modalities = "audio"
+    supports_gradient_checkpointing = True  # the encoder's and decoder's ConvNeXt blocks
+    # Losses are means over valid frames, not sums to be divided by `num_items_in_batch`: Trainer must scale them for
+    # gradient accumulation itself (and need not pass `num_items_in_batch`, which `forward` accepts and ignores).
+    accepts_loss_kwargs = False
+    # `from_pretrained(..., dtype=torch.bfloat16 / torch.float16)` loads encoder, decoder and vocoder in that dtype
+    # but the codebooks and their statistics in float32; the front-end and the quantizer also compute in float32.
+    _keep_in_fp32_modules_strict = ["front_end", "quantizer"]
 
     @torch.no_grad()
     def _init_weights(self, module):
@@ -256,12 +288,13 @@ class PQVAEPreTrainedModel(PreTrainedAudioTokenizerBase):
         elif isinstance(module, PQVAEVocoder):
             module.reset_buffers()
         elif isinstance(module, VectorQuantizerGroup):
+            # Buffers as registered: statistics are seeded by the first training forward (`_initialize`).
             bound = 1.0 / module.codebook_size
             init.uniform_(module.codebook, -bound, bound)
-            init.copy_(module.ema_embed_sum, module.codebook)
-            init.ones_(module.ema_cluster_size)
-            init.constant_(module.usage_ema, max(module.dead_code_threshold, 1.0))
-            init.copy_(module.initialized, torch.tensor(not module.kmeans_init))
+            init.zeros_(module.ema_embed_sum)
+            init.zeros_(module.ema_cluster_size)
+            init.zeros_(module.usage_ema)
+            init.copy_(module.initialized, torch.tensor(False))
             init.zeros_(module.steps)
         elif isinstance(module, ProductQuantizer) and module.subspace_rotation == "opq":
             init.copy_(module.rotation, torch.eye(module.codebook_dim))
@@ -279,6 +312,8 @@ class PQVAEModel(PQVAEPreTrainedModel):
     >>> loss = model(input_values, padding_mask).loss                         # training (dual decoding)
     """
 
+    _ignored_forward_kwargs = frozenset({"num_items_in_batch"})
+
     def __init__(self, config: PQVAEConfig):
         super().__init__(config)
         self.front_end = LogMelSpectrogram(config)
@@ -286,6 +321,7 @@ class PQVAEModel(PQVAEPreTrainedModel):
         quantizer_flags = dict(
             use_ema=config.use_ema, ema_decay=config.ema_decay, kmeans_init=config.kmeans_init,
             kmeans_iters=config.kmeans_iters, dead_code_threshold=config.dead_code_threshold,
+            dead_code_threshold_mode=config.dead_code_threshold_mode,
             dead_code_restart_interval=config.dead_code_restart_interval, usage_decay=config.usage_decay,
             use_cosine=config.use_cosine_codebook, entropy_temperature=config.entropy_temperature,
         )
@@ -311,8 +347,9 @@ class PQVAEModel(PQVAEPreTrainedModel):
 
     # ---------------------------------------------------------------- input checks
 
-    def _check_audio(self, input_values: torch.Tensor) -> torch.Tensor:
-        """(B, 1, T) or (B, T) float audio -> (B, T), with clear errors for anything else."""
+    def _check_audio(self, input_values: torch.Tensor, on_device: bool = False) -> torch.Tensor:
+        """(B, 1, T) or (B, T) float audio -> (B, T), with clear errors for anything else. `on_device`: check the
+        samples' finiteness on the device (a RuntimeError raised asynchronously) instead of reading it back."""
         if not torch.is_tensor(input_values):
             raise TypeError(f"input_values must be a torch.Tensor of shape (batch, 1, samples), got {type(input_values)}.")
         if input_values.dim() == 3:
@@ -334,13 +371,18 @@ class PQVAEModel(PQVAEPreTrainedModel):
             )
         if input_values.shape[-1] == 0 or input_values.shape[0] == 0:
             raise ValueError(f"input_values is empty (shape {tuple(input_values.shape)}).")
-        if not bool(torch.isfinite(input_values).all()):
-            raise ValueError("input_values contains NaN or Inf samples; clean the audio before encoding.")
+        message = "input_values contains NaN or Inf samples; clean the audio before encoding."
+        if on_device or torch.compiler.is_compiling():
+            # Training step or torch.compile: checked on the device (no host read, no graph break); fails as a
+            # RuntimeError with this message.
+            torch._assert_async(torch.isfinite(input_values).all(), message)
+        elif not bool(torch.isfinite(input_values).all()):
+            raise ValueError(message)
         return input_values
 
-    def _prepare_audio(self, input_values: torch.Tensor, padding_mask: torch.Tensor | None):
+    def _prepare_audio(self, input_values: torch.Tensor, padding_mask: torch.Tensor | None, on_device: bool = False):
         """Checked (B, T) waveform with padding silenced (whatever the caller put there) and its frame mask (B, F)."""
-        waveform = self._check_audio(input_values)
+        waveform = self._check_audio(input_values, on_device)
         frame_mask = self.frame_mask_from_padding_mask(padding_mask, *waveform.shape, device=waveform.device)
         if padding_mask is not None:
             waveform = waveform * padding_mask.to(waveform.dtype)
@@ -376,6 +418,10 @@ class PQVAEModel(PQVAEPreTrainedModel):
             )
         if audio_codes.shape[-1] == 0:
             raise ValueError("audio_codes has no frames.")
+        if torch.compiler.is_compiling():  # a device-side check keeps the graph whole
+            in_range = ((audio_codes >= 0) & (audio_codes < codebook_size)).all()
+            torch._assert_async(in_range, f"audio_codes must lie in [0, {codebook_size}) (codebook_size).")
+            return
         low, high = int(audio_codes.min()), int(audio_codes.max())
         if low < 0 or high >= codebook_size:
             raise ValueError(
@@ -394,6 +440,7 @@ class PQVAEModel(PQVAEPreTrainedModel):
         return self.decoder(latents.transpose(1, 2), frame_mask).transpose(1, 2)
 
     def _mel_loss(self, prediction: torch.Tensor, target: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
+        prediction, target = prediction.float(), target.float()  # a float32 loss, whatever the decoder's dtype
         weights = frame_mask[:, None, :].to(prediction.dtype)
         denom = weights.sum().clamp_min(1.0) * prediction.shape[1]
         error = prediction - target
@@ -460,9 +507,13 @@ class PQVAEModel(PQVAEPreTrainedModel):
         else:
             frame_mask = torch.ones(batch_size, num_frames, dtype=torch.long, device=audio_codes.device)
         mel = self._decode_latents(self.quantizer.decode(audio_codes.long()), frame_mask)
+        if padding_mask is not None:
+            # Padded frames hold the log-mel of silence (what the front-end gives for zero padding), not decoder output.
+            mel = mel.masked_fill(~frame_mask[:, None, :].bool(), math.log(self.config.log_floor))
         audio_values = None
         if return_waveform and self.vocoder is not None:
-            audio = self.vocoder(mel)  # (B, (F - 1) * hop)
+            # With padding, the vocoder sees only each example's own frames: batched audio equals audio decoded alone.
+            audio = self.vocoder(mel, frame_mask if padding_mask is not None else None)  # (B, (F - 1) * hop)
             if padding_mask is not None:
                 audio = F.pad(audio, (0, max(0, padding_mask.shape[-1] - audio.shape[-1])))[:, : padding_mask.shape[-1]]
                 audio = audio * padding_mask.to(audio.dtype)
@@ -485,9 +536,17 @@ class PQVAEModel(PQVAEPreTrainedModel):
         Args:
             input_values (`torch.FloatTensor` of shape `(batch_size, 1, num_samples)`).
             padding_mask (`torch.Tensor` of shape `(batch_size, num_samples)`, *optional*).
+            kwargs: only what `transformers.Trainer` may pass (`num_items_in_batch`, ignored); anything else is a
+                TypeError, so a misspelt `padding_mask` cannot be dropped silently.
         """
+        unknown = sorted(set(kwargs) - self._ignored_forward_kwargs)
+        if unknown:
+            raise TypeError(
+                f"{type(self).__name__}.forward() got unexpected keyword argument(s) {unknown}; it takes"
+                f" input_values, padding_mask and return_dict."
+            )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        waveform, frame_mask = self._prepare_audio(input_values, padding_mask)
+        waveform, frame_mask = self._prepare_audio(input_values, padding_mask, on_device=self.training)
         target_mel, latents = self._encode_latents(waveform, frame_mask)
         with_entropy_loss = self.training and self.config.entropy_loss_weight > 0
         quantized = self.quantizer(latents, frame_mask, with_entropy_loss=with_entropy_loss)
@@ -530,13 +589,21 @@ class PQVAEModel(PQVAEPreTrainedModel):
 
     @torch.no_grad()
     def _batch_code_statistics(self, codes: torch.Tensor, frame_mask: torch.Tensor):
-        """Usage fraction and perplexity of each sub-codebook over this batch's valid frames, each (M,)."""
-        size = self.config.codebook_size
-        valid = codes.transpose(1, 2)[frame_mask.bool()]  # (n, M)
-        offsets = torch.arange(valid.shape[1], device=codes.device) * size
-        counts = torch.bincount((valid + offsets).reshape(-1), minlength=valid.shape[1] * size).view(-1, size)
+        """Usage fraction and perplexity of each sub-codebook over this batch's valid frames, each (M,).
+
+        Computed on the codes' device with fixed shapes (a masked scatter-add, no bincount or selection), so the
+        training step never waits for the device."""
+        size, num_codebooks = self.config.codebook_size, codes.shape[1]
+        offsets = torch.arange(num_codebooks, device=codes.device)[None, :, None] * size
+        valid = frame_mask[:, None, :].expand_as(codes).bool()
+        codes, weights = torch.where(valid, codes, 0), valid.to(torch.float32)  # padded frames may hold any code
+        counts = torch.zeros(num_codebooks * size, device=codes.device).scatter_add_(
+            0, (codes + offsets).reshape(-1), weights.reshape(-1)).view(num_codebooks, size)
         usage = (counts > 0).float().mean(dim=1)
-        perplexity = torch.tensor([perplexity_from_counts(c) for c in counts.cpu()], device=codes.device)
+        total = counts.sum(dim=1, keepdim=True)
+        probs = counts / total.clamp_min(1.0)
+        entropy = -(probs * torch.log(probs.clamp_min(1e-30))).sum(dim=1)  # 0 * log(tiny) = 0 for unused codes
+        perplexity = torch.where(total[:, 0] > 0, torch.exp(entropy), torch.zeros_like(entropy))
         return usage, perplexity
 
     # ---------------------------------------------------------------- fine-tuning helpers
