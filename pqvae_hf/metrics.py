@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import soxr
 import torch
@@ -28,7 +30,16 @@ def intelligibility_and_quality(reference: np.ndarray, estimate: np.ndarray, sam
     try:
         from pystoi import stoi
 
-        result["stoi"] = float(stoi(reference, estimate, 16000, extended=False))
+        # pystoi returns the placeholder 1e-5 (with a RuntimeWarning) when fewer than 30 frames of 25.6 ms remain
+        # after dropping the reference's silent frames; a placeholder is not a score, so report None and why.
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            score = float(stoi(reference, estimate, 16000, extended=False))
+        if any("Not enough STFT frames" in str(warning.message) for warning in caught):
+            result["stoi"] = None
+            result["stoi_missing"] = "too short: fewer than 30 non-silent STOI frames (about 0.4 s of speech)"
+        else:
+            result["stoi"] = score
     except ImportError:
         result["stoi"] = None
         result["stoi_missing"] = "pystoi is not installed (pip install pystoi)"
@@ -39,7 +50,10 @@ def intelligibility_and_quality(reference: np.ndarray, estimate: np.ndarray, sam
     except ImportError:
         result["pesq_wb"] = None
         result["pesq_missing"] = "pesq is not installed (pip install pesq)"
-    except Exception as error:  # pesq raises on e.g. silent input
+    except Exception as error:  # pesq raises on clips under 0.25 s (BufferTooShortError) or without speech
+        message = error.args[0] if error.args else ""
+        message = message.decode(errors="replace") if isinstance(message, bytes) else str(message)
         result["pesq_wb"] = None
-        result["pesq_missing"] = f"pesq failed: {error}"
+        result["pesq_missing"] = f"pesq failed: {type(error).__name__}: {message}"
     return result
+
