@@ -512,8 +512,8 @@ def to_markdown(results: dict) -> str:
         f"# Codec quality: split `{results['split']}`",
         "",
         f"{results['selection']}: {summary['clips']:,} clips, {summary['audio_seconds'] / 60:.1f} min, scored at"
-        f" 16 kHz against the original clip. Command: `{results['command']}` ({results['machine']}). Compute time of the"
-        f" systems below: {results['systems_compute_seconds']:,.0f} s (sum of each system's own run, cached ones"
+        f" 16 kHz against the original clip. Command: `{results['command']}` ({results['machine']})."
+        f" Compute time of the systems below: {results['systems_compute_seconds']:,.0f} s (sum of each system's own run, cached ones"
         f" included); this invocation: {results['wall_seconds']:,.0f} s wall.",
         "",
         "Each metric is averaged over the clips where every system below has a value: "
@@ -599,10 +599,11 @@ def plot(results: dict, path: str) -> None:
                 axis.scatter(system["measured_bits_per_second"], value, marker=markers[index % len(markers)], s=70,
                              edgecolors="black", linewidths=0.5, zorder=3, **style)
     counts = results["summary"]["common_clips"]
-    from matplotlib.ticker import FuncFormatter, NullFormatter
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
 
     for axis, metric in zip(axes, ("stoi", "pesq_wb")):
         axis.set_xscale("log")
+        axis.xaxis.set_major_locator(FixedLocator([500, 1000, 2000, 5000, 10000, 20000, 50000]))
         axis.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value / 1000:g}k"))
         axis.xaxis.set_minor_formatter(NullFormatter())
         axis.set_xlabel("measured bit rate (bit/s, log scale; 1k = 1,000)")
