@@ -6,6 +6,9 @@ cd "$(dirname "$0")/.."
 
 need_apt=()
 command -v ffmpeg >/dev/null 2>&1 || need_apt+=(ffmpeg)
+# Codec2 and Opus command-line codecs: the baselines of benchmarks/codec_quality.py
+{ command -v c2enc >/dev/null 2>&1 && command -v c2dec >/dev/null 2>&1; } || need_apt+=(codec2)
+{ command -v opusenc >/dev/null 2>&1 && command -v opusdec >/dev/null 2>&1; } || need_apt+=(opus-tools)
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   echo "[setup] apt-get install ${need_apt[*]}"

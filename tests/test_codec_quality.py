@@ -1,0 +1,177 @@
+"""benchmarks/codec_quality.py and the metrics it adds: delay compensation, unscorable clips, the quick mode end to end
+on real speech (the demo clip cut into an audiofolder), and reuse of cached systems."""
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from pqvae_hf import PQVAEConfig
+from pqvae_hf.metrics import (
+    delay_correlation,
+    estimate_delay,
+    independent_log_mel_distance,
+    intelligibility_and_quality,
+    shift_to_reference,
+)
+from pqvae_hf.modeling.modeling_pqvae import GriffinLim, LogMelSpectrogram
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPT = REPO / "benchmarks" / "codec_quality.py"
+SHIPPED = REPO / "checkpoints" / "pqvae-speech-small" / "model.safetensors"
+SPEECH = REPO / "assets" / "speech_orig_16k.flac"  # 10.8 s of real speech at 16 kHz
+CODEC_TOOLS = ("c2enc", "c2dec", "opusenc", "opusdec")
+
+
+def speech() -> np.ndarray:
+    audio, rate = sf.read(SPEECH, dtype="float32")
+    assert rate == 16000
+    return audio
+
+
+def delayed(audio: np.ndarray, samples: int) -> np.ndarray:
+    return np.concatenate([np.zeros(samples, np.float32), audio]) if samples >= 0 else audio[-samples:]
+
+
+@pytest.mark.parametrize("delay", [208, -120, 0, 640])
+def test_a_known_delay_is_found_and_undone(delay):
+    audio = speech()
+    estimate = delayed(audio, delay)
+    found = estimate_delay([delay_correlation(audio, estimate)])
+    assert abs(found["lag_samples"] - delay) <= 8  # 1 ms envelope grid: within half a step of the true delay
+    aligned = shift_to_reference(estimate, found["lag_samples"], len(audio))
+    assert len(aligned) == len(audio)
+    if delay % 16 == 0:  # on the grid: the shift is exact
+        np.testing.assert_array_equal(aligned, audio)
+
+
+def test_delay_of_a_phase_free_reconstruction_is_found():
+    """Griffin-Lim keeps the spectral envelope but not the waveform, like vocoders and Codec2; the envelope-based
+    search still finds an inserted 20 ms delay, pooled over two halves of the clip."""
+    audio = speech()
+    config = PQVAEConfig(griffin_lim_iters=16)
+    front_end = LogMelSpectrogram(config)
+    with torch.no_grad():
+        rebuilt = GriffinLim(config, front_end)(front_end(torch.from_numpy(audio)[None]))[0].numpy()
+    assert abs(np.corrcoef(rebuilt[:160000], audio[:160000])[0, 1]) < 0.5  # the waveform itself does not match
+    half = len(audio) // 2
+    curves = [delay_correlation(audio[:half], delayed(rebuilt[:half], 320)),
+              delay_correlation(audio[half:], delayed(rebuilt[half:], 320))]
+    assert abs(estimate_delay(curves)["lag_samples"] - 320) <= 16  # within one 1 ms step
+
+
+def test_unscorable_clips_get_none_and_a_reason_never_a_placeholder():
+    audio = speech()
+    piece = audio[80000:83200]  # 0.2 s of speech
+    scores = intelligibility_and_quality(piece, 0.9 * piece, 16000)
+    assert scores["stoi"] is None and "too short" in scores["stoi_unavailable"]
+    assert scores["pesq_wb"] is None and "at least 1/4 of a second" in scores["pesq_unavailable"]
+    assert independent_log_mel_distance(piece[:300], piece[:300]) == {
+        "log_mel_db": None, "log_mel_unavailable": "too short: under one 25 ms analysis window"}
+    assert independent_log_mel_distance(audio, audio)["log_mel_db"] == 0.0
+    # half the amplitude is 6.02 dB lower wherever both stay above the floor (80 dB under the reference's peak)
+    assert 4.5 < independent_log_mel_distance(audio, 0.5 * audio)["log_mel_db"] <= 6.03
+
+
+def write_speech_audiofolder(directory: Path) -> list[str]:
+    """Three 3.4 s clips of real speech from two 'sources', and one 0.2 s clip no metric but log-mel can score."""
+    audio = speech()
+    pieces = [("a_0.wav", "source_a", audio[:54400]), ("a_1.wav", "source_a", audio[54400:108800]),
+              ("b_0.wav", "source_b", audio[108800:163200]), ("b_short.wav", "source_b", audio[80000:83200])]
+    directory.mkdir(parents=True)
+    with open(directory / "metadata.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["file_name", "source", "split"])
+        for name, source, samples in pieces:
+            sf.write(directory / name, samples, 16000)
+            writer.writerow([name, source, "test"])
+    return [name for name, _, _ in pieces]
+
+
+def run_benchmark(corpus: Path, output: Path, *extra: str, path_variable: str | None = None) -> dict:
+    command = [sys.executable, str(SCRIPT), "--corpus_dir", str(corpus), "--split", "test", "--quick",
+               "--opus_kbps", "6", "--output_dir", str(output), *extra]
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    if path_variable is not None:
+        environment["PATH"] = path_variable
+    process = subprocess.run(command, capture_output=True, text=True, timeout=300, env=environment)
+    assert process.returncode == 0, process.stderr[-3000:]
+    return json.loads((output / "results.json").read_text())
+
+
+@pytest.mark.skipif(not SHIPPED.exists(), reason="needs the shipped checkpoint")
+def test_quick_mode_end_to_end_on_real_speech(tmp_path):
+    names = write_speech_audiofolder(tmp_path / "corpus")
+    output = tmp_path / "results"
+    results = run_benchmark(tmp_path / "corpus", output)
+    tools_present = all(shutil.which(tool) for tool in CODEC_TOOLS)
+    ours = ["PQ-VAE pqvae-speech-small: tokens -> neural vocoder", "PQ-VAE pqvae-speech-small: tokens -> Griffin-Lim",
+            "ceiling pqvae-speech-small: true mel -> neural vocoder",
+            "ceiling pqvae-speech-small: true mel -> Griffin-Lim"]
+    baselines = ["Codec2 3200", "Codec2 1300", "Codec2 700C", "Opus 6 kbit/s"]
+    systems = {system["name"]: system for system in results["summary"]["systems"]}
+    if tools_present:
+        assert set(systems) == set(ours + baselines) and not results["not_run"]
+    else:  # the benchmark still runs, and says why the codecs are missing
+        assert set(systems) == set(ours)
+        assert all("not installed" in results["not_run"][name] for name in baselines)
+    assert len(list((output / "systems").glob("*.json"))) == len(systems)
+
+    # The 0.2 s clip is excluded from STOI and PESQ (with its reason) for every system alike, but has a log-mel score.
+    summary = results["summary"]
+    assert summary["clips"] == 4 and summary["clips_per_source"] == {"source_a": 2, "source_b": 2}
+    assert summary["common_clips"] == {"stoi": 3, "pesq_wb": 3, "log_mel_db": 4}
+    assert "too short" in next(iter(summary["excluded"]["stoi"]["reasons"]))
+    assert "at least 1/4 of a second" in next(iter(summary["excluded"]["pesq_wb"]["reasons"]))
+    short = names.index("b_short.wav")
+    for path in (output / "systems").glob("*.json"):
+        record = json.loads(path.read_text())
+        assert record["scores"]["stoi"][short] is None and record["scores"]["pesq_wb"][short] is None
+        assert record["scores"]["log_mel_db"][short] is not None
+    for system in systems.values():
+        metrics = system["metrics"]
+        assert 0 < metrics["stoi"]["mean"] <= 1 and 1 <= metrics["pesq_wb"]["mean"] <= 4.65
+        assert metrics["log_mel_db"]["mean"] > 0 and metrics["stoi"]["clips"] == 3
+        assert system["per_source"]["source_b"]["stoi"]["clips"] == 1
+
+    # Our decoders add no delay; the ceilings beat the tokens (quantization can only lose information).
+    tokens, ceiling = systems[ours[1]], systems[ours[3]]
+    assert abs(tokens["delay"]["lag_ms"]) <= 2 and abs(ceiling["delay"]["lag_ms"]) <= 2
+    assert tokens["measured_bits_per_second"] == pytest.approx(1000, rel=0.02)
+    assert ceiling["measured_bits_per_second"] is None and ceiling["nominal_bits_per_second"] is None
+    assert ceiling["metrics"]["stoi"]["mean"] > tokens["metrics"]["stoi"]["mean"]
+    if tools_present:
+        codec2 = systems["Codec2 3200"]
+        assert codec2["measured_bits_per_second"] == pytest.approx(3200, rel=0.1)
+        assert 10 <= codec2["delay"]["lag_ms"] <= 30  # Codec2's algorithmic delay, found and undone
+        assert systems["Opus 6 kbit/s"]["measured_bits_per_second"] == pytest.approx(6000, rel=0.3)
+        assert abs(systems["Opus 6 kbit/s"]["delay"]["lag_ms"]) <= 1  # opusdec removes Opus's pre-skip
+        assert ceiling["metrics"]["stoi"]["mean"] > systems["Codec2 700C"]["metrics"]["stoi"]["mean"]
+        assert systems["Codec2 3200"]["metrics"]["stoi"]["mean"] > systems["Codec2 700C"]["metrics"]["stoi"]["mean"]
+    for name in ("results.md", "quality_vs_bitrate.png"):
+        assert (output / name).stat().st_size > 2000, name
+    assert json.loads((output / "clips.json").read_text())["file_name"] == names
+
+    # A later call (e.g. with a new checkpoint) reuses every cached system, baselines included, and changes nothing.
+    again = run_benchmark(tmp_path / "corpus", output, "--skip_baselines")
+    assert set(again["how_obtained"].values()) == {"cached"}
+    assert again["summary"]["systems"] == results["summary"]["systems"]
+
+
+@pytest.mark.skipif(not SHIPPED.exists(), reason="needs the shipped checkpoint")
+def test_missing_codec_tools_skip_those_systems_and_say_how_to_install_them(tmp_path):
+    write_speech_audiofolder(tmp_path / "corpus")
+    results = run_benchmark(tmp_path / "corpus", tmp_path / "results", "--max_clips", "1", "--codec2_modes", "3200",
+                            path_variable=str(tmp_path / "empty_bin"))
+    assert len(results["summary"]["systems"]) == 4
+    assert results["not_run"] == {
+        "Codec2 3200": "skipped: c2enc, c2dec not installed (apt-get install codec2)",
+        "Opus 6 kbit/s": "skipped: opusenc, opusdec not installed (apt-get install opus-tools)"}
