@@ -20,17 +20,22 @@ from safetensors.torch import load_file
 from . import PQVAEConfig, PQVAEFeatureExtractor, PQVAEModel, PQVAEProcessor
 from .evaluation import main as evaluate_main
 from .model_card import write_model_card
+from .packed_training import load_parts, load_tokenizer, parse_overrides
 
 
-def assemble(tokenizer_dir: str, vocoder_file: str, output: str) -> PQVAEModel:
-    tokenizer = PQVAEModel.from_pretrained(tokenizer_dir)
-    config = PQVAEConfig.from_dict({**tokenizer.config.to_dict(), "vocoder": "neural"})
+def assemble(tokenizer_dir: str, vocoder: str, output: str, vocoder_overrides: dict | None = None) -> PQVAEModel:
+    """Tokenizer folder (`pqvae-train` or `pqvae_hf.packed_training` output) + vocoder weights (a `.safetensors` state
+    dict of `PQVAEVocoder`, or a `packed_training vocoder` output folder) -> one model saved in `output`.
+    `vocoder_overrides`: the vocoder's size fields when they differ from the tokenizer config's defaults."""
+    tokenizer = load_tokenizer(tokenizer_dir)
+    config = PQVAEConfig.from_dict({**tokenizer.config.to_dict(), **(vocoder_overrides or {}), "vocoder": "neural"})
     model = PQVAEModel(config)
     state = {k: v for k, v in tokenizer.state_dict().items() if not k.startswith("vocoder.")}
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or any(not key.startswith("vocoder.") for key in missing):
         raise ValueError(f"Tokenizer weights do not fit: missing {missing}, unexpected {unexpected}.")
-    model.vocoder.load_state_dict(load_file(vocoder_file), strict=True)
+    weights = load_parts(vocoder, "vocoder") if os.path.isdir(vocoder) else load_file(vocoder)
+    model.vocoder.load_state_dict({k.removeprefix("vocoder."): v for k, v in weights.items()}, strict=True)
     model.eval()
     os.makedirs(output, exist_ok=True)
     model.save_pretrained(output)
@@ -84,16 +89,21 @@ def _card_sections(evaluation: dict, vocoder_metrics: dict | None, corpus_licens
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokenizer", required=True, help="trained tokenizer folder (pqvae-train output)")
-    parser.add_argument("--vocoder", required=True, help="vocoder.safetensors from pqvae_hf.vocoder_training")
+    parser.add_argument("--vocoder", required=True,
+                        help="vocoder.safetensors (pqvae_hf.vocoder_training) or a packed_training vocoder folder")
+    parser.add_argument("--vocoder_config_overrides", default=None,
+                        help="vocoder size when not the default, e.g. 'vocoder_hidden_size=320,vocoder_num_layers=8'")
     parser.add_argument("--vocoder_metrics", default=None, help="vocoder_metrics.json from the vocoder run")
     parser.add_argument("--corpus_dir", required=True, help="speech corpus (for the test split and licences)")
     parser.add_argument("--output", required=True)
+    parser.add_argument("--training_logs", action="append", default=[],
+                        help="summary.json of scripts/gpu_train.sh stages: copied into training_logs.json, summarised")
     parser.add_argument("--waveform_clips", type=int, default=40)
     parser.add_argument("--note", action="append", default=[], metavar="KEY=VALUE",
                         help="facts for the model card, e.g. 'training command=...'")
     args = parser.parse_args(argv)
 
-    assemble(args.tokenizer, args.vocoder, args.output)
+    assemble(args.tokenizer, args.vocoder, args.output, parse_overrides(args.vocoder_config_overrides))
     evaluation = evaluate_main(["--model", args.output, "--dataset_dir", args.corpus_dir, "--split", "test",
                                 "--split_column", "split", "--waveform_clips", str(args.waveform_clips),
                                 "--output", os.path.join(args.output, "eval_results.json")])
@@ -106,6 +116,18 @@ def main(argv: list[str] | None = None) -> None:
         with open(args.vocoder_metrics) as handle:
             vocoder_metrics = json.load(handle)
     notes = dict(item.split("=", 1) for item in args.note)
+    runs = {}
+    for path in args.training_logs:
+        with open(path) as handle:
+            runs.update({k: v for k, v in json.load(handle).items() if isinstance(v, dict)})
+    if runs:
+        with open(os.path.join(args.output, "training_logs.json"), "w") as handle:
+            json.dump(runs, handle, indent=1)
+        for name, run in runs.items():
+            final = {k: v for k, v in (run.get("final_eval") or {}).items()
+                     if k in ("mel_l1", "composite_perplexity", "true_mel", "token_mel")}
+            notes[f"run {name}"] = (f"{run.get('steps')} steps in {run.get('train_wall_time_s')} s,"
+                                    f" validation at the end: {json.dumps(final)}")
     model = PQVAEModel.from_pretrained(args.output)
     parameters = {"tokenizer parameters": sum(p.numel() for n, p in model.named_parameters()
                                               if not n.startswith("vocoder.")),

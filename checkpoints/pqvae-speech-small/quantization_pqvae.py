@@ -35,7 +35,9 @@ def float32_region(tensor: torch.Tensor):
     lose counts in half precision.
     """
     device_type = tensor.device.type
-    if torch.amp.is_autocast_available(device_type):
+    # `is_autocast_available` is a C builtin that TorchDynamo (torch 2.11) cannot trace; while compiling, assume the
+    # device supports autocast (CPU and CUDA do), so `torch.compile(fullgraph=True)` gets one graph.
+    if torch.compiler.is_compiling() or torch.amp.is_autocast_available(device_type):
         return torch.autocast(device_type=device_type, enabled=False)
     return contextlib.nullcontext()
 
