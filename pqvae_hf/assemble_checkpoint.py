@@ -96,6 +96,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--vocoder_metrics", default=None, help="vocoder_metrics.json from the vocoder run")
     parser.add_argument("--corpus_dir", required=True, help="speech corpus (for the test split and licences)")
     parser.add_argument("--output", required=True)
+    parser.add_argument("--codec_quality", default=None,
+                        help="results.md of benchmarks/codec_quality.py for this checkpoint: added to the model card")
     parser.add_argument("--training_logs", action="append", default=[],
                         help="summary.json of scripts/gpu_train.sh stages: copied into training_logs.json, summarised")
     parser.add_argument("--waveform_clips", type=int, default=40)
@@ -133,9 +135,13 @@ def main(argv: list[str] | None = None) -> None:
                                               if not n.startswith("vocoder.")),
                   "vocoder parameters": sum(p.numel() for p in model.vocoder.parameters())}
     # The weights are trained on GPL / CC-BY-SA recordings: not simply Apache-2.0 (see "Data and licences").
+    sections = _card_sections(evaluation, vocoder_metrics, licenses, notes)
+    if args.codec_quality:
+        with open(args.codec_quality) as handle:
+            # Demote its headings one level so they sit under this card's own.
+            sections += "\n\n" + handle.read().replace("\n## ", "\n### ").replace("# Codec quality", "## Codec quality", 1)
     write_model_card(args.output, model.config, model_name=os.path.basename(os.path.normpath(args.output)),
-                     training={**parameters}, extra_sections=_card_sections(evaluation, vocoder_metrics, licenses,
-                                                                            notes), license="other")
+                     training={**parameters}, extra_sections=sections, license="other")
     size = sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(args.output) for f in files)
     print(f"wrote {args.output} ({size / 2**20:.1f} MiB)")
 
