@@ -121,7 +121,11 @@ def main(argv: list[str] | None = None) -> None:
     runs = {}
     for path in args.training_logs:
         with open(path) as handle:
-            runs.update({k: v for k, v in json.load(handle).items() if isinstance(v, dict)})
+            logged = json.load(handle)
+        if "final_eval" in logged:  # one run's log.json (pqvae_hf.packed_training), named by its folder
+            runs[os.path.basename(os.path.dirname(os.path.abspath(path)))] = logged
+        else:  # a stage summary of scripts/gpu_train.sh: {run name: run}
+            runs.update({k: v for k, v in logged.items() if isinstance(v, dict) and "final_eval" in v})
     if runs:
         with open(os.path.join(args.output, "training_logs.json"), "w") as handle:
             json.dump(runs, handle, indent=1)
