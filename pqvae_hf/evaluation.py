@@ -261,6 +261,24 @@ def evaluate_waveforms(model, audios, progress: bool = True, total: int | None =
             for name, metrics in scores.items()}
 
 
+def evaluate_split_tokens(model, dataset_dir: str | None = None, dataset_name: str | None = None, split: str = "test",
+                          split_column: str | None = None, audio_column: str = "audio", max_clips: int | None = None,
+                          batch_size: int = 8, chunk_seconds: float = 30.0, progress: bool = True):
+    """Token metrics of `model` on a dataset split read from its original files (the one path every trainer's final
+    evaluation and the model card use). -> ({"split", "decoding", "tokens"}, clips, clip lengths in samples)."""
+    was_training = model.training
+    model.eval()
+    data = load_audio_dataset(dataset_name=dataset_name, dataset_dir=dataset_dir, split=split,
+                              split_column=split_column, audio_column=audio_column, max_samples=max_clips)
+    clips = DatasetClips(data, model.config.sampling_rate, audio_column, split=split)
+    lengths = [clips.num_samples(i) for i in tqdm(range(len(clips)), desc="Reading headers", disable=not progress)]
+    totals = accumulate_reconstruction(model, clips, batch_size, chunk_seconds, progress=progress, lengths=lengths)
+    model.train(was_training)
+    results = {"split": split, "decoding": clips.notes.summary(),
+               "tokens": token_metrics(model, totals, len(clips), sum(lengths))}
+    return results, clips, lengths
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="checkpoint folder or Hub id (default: shipped checkpoint)")
@@ -283,14 +301,10 @@ def main(argv: list[str] | None = None) -> dict:
     start = time.time()
     model = load_model(args.model)
     rate = model.config.sampling_rate
-    data = load_audio_dataset(dataset_name=args.dataset_name, dataset_dir=args.dataset_dir, split=args.split,
-                              split_column=args.split_column, audio_column=args.audio_column,
-                              max_samples=args.max_clips)
-    clips = DatasetClips(data, rate, args.audio_column, split=args.split)
-    lengths = [clips.num_samples(i) for i in tqdm(range(len(clips)), desc="Reading headers")]
-    totals = accumulate_reconstruction(model, clips, args.batch_size, args.chunk_seconds, lengths=lengths)
-    results = {"split": args.split, "decoding": clips.notes.summary(),
-               "tokens": token_metrics(model, totals, len(clips), sum(lengths))}
+    results, clips, lengths = evaluate_split_tokens(
+        model, dataset_dir=args.dataset_dir, dataset_name=args.dataset_name, split=args.split,
+        split_column=args.split_column, audio_column=args.audio_column, max_clips=args.max_clips,
+        batch_size=args.batch_size, chunk_seconds=args.chunk_seconds)
     if args.waveform_clips > 0:
         eligible = [i for i, n in enumerate(lengths)
                     if args.min_waveform_seconds * rate <= n <= args.max_waveform_seconds * rate]

@@ -322,6 +322,12 @@ def train_tokenizer(args) -> dict:
     log["steps"] = step
     log["train_wall_time_s"] = round(time.perf_counter() - start + elapsed_before, 1)
     log["final_eval"] = {"step": step, **evaluate_tokenizer(model, val_batches)}
+    if args.corpus_dir:  # the pack is a training copy; what counts is the model on the original files
+        from .evaluation import evaluate_split_tokens
+
+        original, _, _ = evaluate_split_tokens(model, dataset_dir=args.corpus_dir, split=args.eval_split,
+                                               split_column="split", progress=False)
+        log["final_eval"]["original_files"] = original["tokens"]
     print(f"[tokenizer] final {json.dumps(log['final_eval'])}", flush=True)
     save()
     return log
@@ -504,6 +510,8 @@ def main(argv: list[str] | None = None) -> int:
     tok.add_argument("--weight_decay", type=float, default=0.01)
     tok.add_argument("--eval_max_seconds", type=float, default=8.0)
     tok.add_argument("--resume", action="store_true", help="continue from output_dir/training_state.pt")
+    tok.add_argument("--corpus_dir", default=None,
+                     help="the corpus the pack was built from: the final evaluation also reads its original files")
     tok.add_argument("--stop_at_step", type=int, default=None,
                      help="save and stop at this step, keeping the schedule of --max_steps (a run in several parts)")
     voc = sub.choices["vocoder"]

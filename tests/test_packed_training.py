@@ -36,7 +36,7 @@ def test_pack_round_trip_is_exact_with_flac(audiofolder, pack, tmp_path):
         original = to_model_audio(*read_audio_file(str(audiofolder / name)), 8000)
         assert clip["file_name"] == name and clip["length"] == len(original)
         piece = audio[clip["start"]: clip["start"] + clip["length"]]
-        np.testing.assert_allclose(piece, original, atol=1.5 / 32768)  # 16-bit FLAC
+        np.testing.assert_allclose(piece, original, atol=1.5 / 2**23)  # 24-bit FLAC
     # The decoded cache is reused and gives the same split.
     first = load_split(str(pack), "validation", 1, str(tmp_path))
     again = load_split(str(pack), "validation", 1, str(tmp_path))
@@ -45,6 +45,36 @@ def test_pack_round_trip_is_exact_with_flac(audiofolder, pack, tmp_path):
     assert first[1] == again[1]
     with pytest.raises(ValueError, match="Split 'test' is not in"):
         load_split(str(pack), "test", 1)
+
+
+def test_flac_pack_keeps_quiet_bands_at_the_floor(tmp_path):
+    """At 16 bits, rounding noise filled the empty 4-8 kHz band of 8 kHz recordings resampled to 16 kHz, and a
+    tokenizer trained on that pack decoded the noise floor instead of silence; the 24-bit pack keeps the band empty."""
+    from pqvae_hf.modeling import PQVAEConfig
+    from pqvae_hf.modeling.modeling_pqvae import LogMelSpectrogram
+
+    import soundfile as sf
+    import soxr
+
+    rate = 16000
+    narrowband = np.random.default_rng(0).normal(0, 0.1, 8000).astype(np.float32)  # 1 s recorded at 8 kHz
+    tone = soxr.resample(narrowband, 8000, rate, quality="HQ").astype(np.float32)  # 4-8 kHz empty, as in the corpus
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    sf.write(corpus / "a.wav", tone, rate, subtype="FLOAT")
+    (corpus / "metadata.csv").write_text("file_name,split\na.wav,train\n")
+    front_end = LogMelSpectrogram(PQVAEConfig(vocoder="none"))
+    floor = float(front_end(torch.zeros(1, rate)).min())
+    top_band = {}
+    for bits in (16, 24):
+        build(str(corpus), str(tmp_path / f"pack{bits}"), ["train"], sampling_rate=rate, num_shards=1, codec="flac",
+              num_workers=1, pcm_bits=bits)
+        audio, _, _ = load_split(str(tmp_path / f"pack{bits}"), "train", 1)
+        top_band[bits] = float(front_end(torch.from_numpy(np.array(audio))[None])[0, -10:].mean())
+    original = float(front_end(torch.from_numpy(tone)[None])[0, -10:].mean())  # top 10 mel bands: above ~6.5 kHz
+    assert abs(top_band[24] - original) < 0.3 and original < floor + 1.0
+    assert top_band[16] > original + 1.5  # what the earlier pack did
 
 
 def test_crop_sampler_masks_short_clips_and_limits_the_peak():
@@ -92,8 +122,8 @@ def _tokenizer_args(pack, out, steps, *extra):
             *extra]
 
 
-def test_tokenizer_training_resumes_exactly(pack, tmp_path):
-    assert main(_tokenizer_args(pack, tmp_path / "whole", 6)) == 0
+def test_tokenizer_training_resumes_exactly(audiofolder, pack, tmp_path):
+    assert main(_tokenizer_args(pack, tmp_path / "whole", 6, "--corpus_dir", str(audiofolder))) == 0
     assert main(_tokenizer_args(pack, tmp_path / "cut", 6, "--stop_at_step", "3")) == 0
     assert json.loads((tmp_path / "cut" / "log.json").read_text())["train"][-1]["step"] == 2
     assert main(_tokenizer_args(pack, tmp_path / "cut", 6, "--resume")) == 0
@@ -104,6 +134,9 @@ def test_tokenizer_training_resumes_exactly(pack, tmp_path):
     log = json.loads((tmp_path / "whole" / "log.json").read_text())
     assert log["steps"] == 6 and len(log["eval"]) == 2
     assert 0 < log["final_eval"]["mel_l1"] < 10 and log["final_eval"]["composite_usage"] >= 1
+    # The same model scored by pqvae_hf.evaluation on the original files: the 24-bit pack holds the same audio.
+    original = log["final_eval"]["original_files"]
+    assert original["clips"] == 6 and original["log_mel_l1"] == pytest.approx(log["final_eval"]["mel_l1"], rel=0.02)
     model = load_tokenizer(str(tmp_path / "whole"))
     assert model.config.codebook_size == 16 and not model.training
 
