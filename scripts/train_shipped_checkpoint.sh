@@ -3,16 +3,20 @@
 # this project's 2-core CPU, one thread per process. Usage: bash scripts/train_shipped_checkpoint.sh [CORPUS_DIR]
 #
 # 1. (CPU, ~5 min) Pack the train/validation splits as 11 kbit/s Opus shards (data/packed, 35 MB: small enough to
-#    travel to a GPU machine) and as FLAC (data/packed_flac, 376 MB, lossless, for the CPU stages).
+#    travel to a GPU machine) and as FLAC: data/packed_flac16 (16-bit, what steps 3, 4a and 4b ran on) and
+#    data/packed_flac (24-bit, 560 MB; see 3b).
 # 2. (GPU, 470 s of training) scripts/gpu_train.sh stage1: four tokenizer variants side by side (the previous
 #    architecture; 6 encoder + 8 decoder blocks; the same with codebook_dim=16; the same without dual decoding) and two
 #    adversarial vocoders. The tokenizer with the lowest validation log-mel L1 (6+8 blocks, codebook_dim=16) is kept.
 #    Its vocoders are not shipped: trained on Opus-coded audio, they lose to the previous vocoder on real audio.
 # 3. (CPU, 2,400 s) That tokenizer fine-tuned on the lossless train split: Opus fills 6.5-8 kHz with noise that the
-#    real recordings do not have, and the GPU tokenizer scored log-mel L1 0.33 on the Opus validation split but 1.48
-#    on the original files; 1,526 steps on real audio bring it to 0.443 (previous checkpoint: 0.518).
-# 4. (CPU, 1,800 s + 840 s, can run beside 3) The previous checkpoint's vocoder fine-tuned on mels decoded from tokens
-#    (70 % of examples; 30 % true mels): first on the previous tokenizer's codes, then on the new tokenizer's.
+#    real recordings do not have; 1,526 steps bring validation log-mel L1 on the pack to 0.443.
+# 3b. (CPU, 1,200 s) The same on the 24-bit pack: at 16 bits the rounding noise fills the empty 4-8 kHz band of the
+#    8 kHz recordings, so after step 3 the tokenizer decoded that noise floor and scored log-mel L1 0.97 on the
+#    original validation files (0.39 on the pack); this step teaches it the true floor.
+# 4. (CPU, 1,800 s + 2,100 s + 600 s, 4a beside 3) The previous checkpoint's vocoder fine-tuned on mels decoded
+#    from tokens (70 % of examples; 30 % true mels): on the previous tokenizer's codes (4a), then on step 3's (4b), then
+#    on step 3b's on the 24-bit pack (4c).
 # 5. (CPU) Merge, evaluate on the test split, write the model card.
 # Runs stop on a time budget, so step counts depend on the machine; the shipped run's are in training_logs.json.
 set -euo pipefail
@@ -28,8 +32,10 @@ mkdir -p runs/gpu runs/cpu
 # 1. Pack.
 [ -f data/packed/index.json ] || $PY -m pqvae_hf.packed_corpus --corpus_dir "$CORPUS" --output_dir data/packed \
   --splits validation train --bitrate 11k
+[ -f data/packed_flac16/index.json ] || $PY -m pqvae_hf.packed_corpus --corpus_dir "$CORPUS" \
+  --output_dir data/packed_flac16 --splits validation train --codec flac --pcm_bits 16 --num_shards 4
 [ -f data/packed_flac/index.json ] || $PY -m pqvae_hf.packed_corpus --corpus_dir "$CORPUS" \
-  --output_dir data/packed_flac --splits validation train --codec flac --num_shards 4
+  --output_dir data/packed_flac --splits validation train --codec flac --pcm_bits 24 --num_shards 4
 
 # 2. GPU stage (on this machine if it has CUDA; else copy data/packed and .whl/ to a GPU machine, run
 #    `bash scripts/gpu_train.sh stage1 OUT` there and copy OUT back to runs/gpu/stage1).
@@ -39,9 +45,13 @@ mkdir -p runs/gpu runs/cpu
 [ -f runs/previous_model.safetensors ] || \
   git show b69a51c:checkpoints/pqvae-speech-small/model.safetensors > runs/previous_model.safetensors
 
-COMMON="--pack_dir data/packed_flac --cache_dir runs/cpu/decoded --device cpu --num_workers 1 --max_steps 100000"
+# A finished run has "final_eval" in its log.json; re-running the recipe skips it. A cut tokenizer run continues from
+# its training_state.pt (--resume); a cut vocoder run starts again.
+finished() { grep -q '"final_eval"' "$1/log.json" 2>/dev/null; }
+COMMON="--pack_dir data/packed_flac16 --cache_dir runs/cpu/decoded --device cpu --num_workers 1 --max_steps 100000"
 # 3. Tokenizer on real audio (one thread) ...
-$TRAIN tokenizer $COMMON --output_dir runs/cpu/tok_real_finetune --init_from runs/gpu/stage1/tokenizer \
+finished runs/cpu/tok_real_finetune || \
+  $TRAIN tokenizer $COMMON --resume --output_dir runs/cpu/tok_real_finetune --init_from runs/gpu/stage1/tokenizer \
   --time_budget_s 2400 --batch_size 16 --crop_seconds 2.0 --learning_rate 3e-4 --warmup_steps 100 \
   --logging_steps 100 --eval_steps 1000 &
 TOKENIZER=$!
@@ -50,12 +60,27 @@ mkdir -p runs/previous && cp runs/previous_model.safetensors runs/previous/model
 git show b69a51c:checkpoints/pqvae-speech-small/config.json > runs/previous/config.json
 VOCODER_ARGS="--decoded_mel_fraction 0.7 --adversarial_start_step 100000000 --batch_size 16 --segment_seconds 1.0 \
   --warmup_steps 50 --logging_steps 100 --eval_steps 100000 --eval_clips 64"
-$TRAIN vocoder $COMMON $VOCODER_ARGS --output_dir runs/cpu/voc_shipped_tok_finetune --tokenizer runs/previous \
+finished runs/cpu/voc_shipped_tok_finetune || \
+  $TRAIN vocoder $COMMON $VOCODER_ARGS --output_dir runs/cpu/voc_shipped_tok_finetune --tokenizer runs/previous \
   --init_vocoder runs/previous_model.safetensors --time_budget_s 1800 --learning_rate 2e-4
 wait $TOKENIZER
 # 4b. The vocoder continued on the new tokenizer's decoded mels.
-$TRAIN vocoder $COMMON $VOCODER_ARGS --output_dir runs/cpu/voc_new_tok_finetune --tokenizer runs/cpu/tok_real_finetune \
-  --init_vocoder runs/cpu/voc_shipped_tok_finetune/vocoder --time_budget_s 840 --learning_rate 1.5e-4
+finished runs/cpu/voc_new_tok_finetune || \
+  $TRAIN vocoder $COMMON $VOCODER_ARGS --output_dir runs/cpu/voc_new_tok_finetune \
+  --tokenizer runs/cpu/tok_real_finetune \
+  --init_vocoder runs/cpu/voc_shipped_tok_finetune/vocoder --time_budget_s 2100 --learning_rate 1.5e-4
+
+# 3b. The tokenizer on the 24-bit pack (its final evaluation also reads the original validation files).
+COMMON24="--pack_dir data/packed_flac --cache_dir runs/cpu/decoded24 --device cpu --num_workers 1 --max_steps 100000"
+finished runs/cpu/tok_real_finetune24 || \
+  $TRAIN tokenizer $COMMON24 --resume --output_dir runs/cpu/tok_real_finetune24 --init_from runs/cpu/tok_real_finetune \
+  --time_budget_s 1200 --batch_size 16 --crop_seconds 2.0 --learning_rate 1e-4 --warmup_steps 50 \
+  --logging_steps 100 --eval_steps 100000 --corpus_dir "$CORPUS"
+# 4c. The vocoder on step 3b's decoded mels.
+finished runs/cpu/voc_tok24_finetune || \
+  $TRAIN vocoder $COMMON24 $VOCODER_ARGS --output_dir runs/cpu/voc_tok24_finetune \
+  --tokenizer runs/cpu/tok_real_finetune24 \
+  --init_vocoder runs/cpu/voc_new_tok_finetune/vocoder --time_budget_s 600 --learning_rate 1e-4
 
 # 5. Merge, evaluate, model card (codec-quality section from benchmarks/codec_quality.py on the test split).
 $PY -m pqvae_hf.assemble_checkpoint --tokenizer runs/cpu/tok_real_finetune --vocoder runs/cpu/voc_new_tok_finetune \
