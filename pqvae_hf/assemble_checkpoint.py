@@ -86,6 +86,15 @@ def _card_sections(evaluation: dict, vocoder_metrics: dict | None, corpus_licens
     return "\n".join(lines)
 
 
+def _rounded(value, digits: int = 4):
+    """Floats of a nested dict/list rounded for the model card."""
+    if isinstance(value, dict):
+        return {k: _rounded(v, digits) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_rounded(v, digits) for v in value]
+    return round(value, digits) if isinstance(value, float) else value
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokenizer", required=True, help="trained tokenizer folder (pqvae-train output)")
@@ -133,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
             final = {k: v for k, v in (run.get("final_eval") or {}).items()
                      if k in ("mel_l1", "composite_perplexity", "true_mel", "token_mel")}
             notes[f"run {name}"] = (f"{run.get('steps')} steps in {run.get('train_wall_time_s')} s,"
-                                    f" validation at the end: {json.dumps(final)}")
+                                    f" validation at the end: {json.dumps(_rounded(final))}")
     model = PQVAEModel.from_pretrained(args.output)
     parameters = {"tokenizer parameters": sum(p.numel() for n, p in model.named_parameters()
                                               if not n.startswith("vocoder.")),

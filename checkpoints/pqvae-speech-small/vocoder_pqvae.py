@@ -1,0 +1,162 @@
+# Copyright 2026 The pqvae-hf authors. Apache-2.0.
+"""Neural vocoder of the PQ-VAE tokenizer: log-mel (B, num_mel_bins, F) -> waveform (B, (F - 1) * hop_length).
+
+A Vocos-style design (Siuzdenko, arXiv 2306.00814): a ConvNeXt backbone runs at the frame rate and predicts one
+complex STFT frame per mel frame, which an inverse STFT turns into samples. Nothing runs at the sample rate, so it is
+cheap on CPU. Part of the Hub payload: imports only torch and its own relative modules.
+
+Shapes: B batch, F frames, M mel bins, C hidden channels, K = n_fft // 2 + 1 frequency bins.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .configuration_pqvae import PQVAEConfig
+from .quantization_pqvae import keep_float32
+
+
+class VocoderConvNeXtBlock(nn.Module):
+    """Depthwise conv -> LayerNorm -> pointwise MLP (GELU), residual with layer scale. (B, C, F) -> (B, C, F).
+
+    With a frame mask (B, 1, F), the depthwise conv's input is zeroed on padded frames, so padding never leaks into
+    valid frames (the zero padding of the conv then looks the same batched or alone).
+    """
+
+    def __init__(self, channels: int, intermediate_size: int, kernel_size: int, eps: float, num_layers: int):
+        super().__init__()
+        self.depthwise = nn.Conv1d(channels, channels, kernel_size, padding=kernel_size // 2, groups=channels)
+        self.norm = nn.LayerNorm(channels, eps=eps)
+        self.pointwise_in = nn.Linear(channels, intermediate_size)
+        self.pointwise_out = nn.Linear(intermediate_size, channels)
+        # Small residual branches at init keep the deep stack close to the identity, which trains stably without
+        # warm-up; kept as an attribute so an outer `_init_weights` can restore it.
+        self.layer_scale_init = 1.0 / max(num_layers, 1)
+        self.layer_scale = nn.Parameter(torch.full((channels,), self.layer_scale_init))
+
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        residual = hidden
+        hidden = self.norm(self.depthwise(hidden if mask is None else hidden * mask).transpose(1, 2))  # (B, F, C)
+        hidden = self.pointwise_out(F.gelu(self.pointwise_in(hidden)))
+        return residual + (self.layer_scale * hidden).transpose(1, 2)
+
+
+class PQVAEVocoder(nn.Module):
+    """Log-mel -> complex STFT -> waveform.
+
+    Args:
+        config ([`PQVAEConfig`]): uses `n_fft`, `hop_length`, `win_length`, `num_mel_bins`, `kernel_size`,
+            `layer_norm_eps`, `vocoder_hidden_size`, `vocoder_intermediate_size` and `vocoder_num_layers`.
+
+    The input is the natural-log mel magnitude of [`LogMelSpectrogram`] (centred STFT, F = T // hop + 1 frames); the
+    output has `(F - 1) * hop_length` samples, the same length as the Griffin-Lim vocoder. Every layer acts per frame
+    or as a zero-padded convolution over frames, so examples of equal length give the same output batched or alone.
+    With a `frame_mask` (B, F) (1 = valid frame, right padding), a padded example gives the output it gives alone:
+    convolutions see zeros instead of padded frames, padded frames add nothing to the inverse STFT's overlap-add,
+    the window normalisation counts only valid frames, and samples past `(valid_frames - 1) * hop_length` are zero.
+    """
+
+    # exp() of an unbounded prediction can overflow early in training; 1e2 is far above the STFT magnitude of
+    # full-scale speech harmonics with this window, so it never limits trained outputs in practice.
+    max_log_magnitude = math.log(1e2)
+
+    def __init__(self, config: PQVAEConfig):
+        super().__init__()
+        self.n_fft = config.n_fft
+        self.hop_length = config.hop_length
+        self.win_length = config.win_length
+        channels = config.vocoder_hidden_size
+        self.num_freq_bins = config.n_fft // 2 + 1
+
+        self.embed = nn.Conv1d(config.num_mel_bins, channels, config.kernel_size, padding=config.kernel_size // 2)
+        self.norm_in = nn.LayerNorm(channels, eps=config.layer_norm_eps)
+        self.blocks = nn.ModuleList(
+            VocoderConvNeXtBlock(channels, config.vocoder_intermediate_size, config.kernel_size,
+                                 config.layer_norm_eps, config.vocoder_num_layers)
+            for _ in range(config.vocoder_num_layers)
+        )
+        self.norm_out = nn.LayerNorm(channels, eps=config.layer_norm_eps)
+        # Per frame: K log-magnitudes followed by K phases.
+        self.proj_out = nn.Linear(channels, 2 * self.num_freq_bins)
+        # The inverse STFT runs in float32 (its window stays float32 when the model is cast to half precision).
+        self.register_buffer("window", torch.hann_window(config.win_length, dtype=torch.float32), persistent=False)
+
+    def _apply(self, fn, recurse=True):
+        return super()._apply(keep_float32(fn, only=(self.window,)), recurse)
+
+    def reset_buffers(self) -> None:
+        """Recompute the non-persistent ISTFT window (called from `_init_weights` after meta-device loading)."""
+        with torch.no_grad():
+            if self.window.is_meta:  # no storage to fill yet: materialise on CPU, `.to()` moves it with the module
+                self.window = torch.hann_window(self.win_length, dtype=torch.float32)
+            else:
+                self.window.copy_(torch.hann_window(self.win_length, dtype=self.window.dtype).to(self.window.device))
+
+    def magnitude_and_phase(self, log_mel: torch.Tensor,
+                            frame_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """log-mel (B, M, F) -> STFT magnitude and phase, each (B, K, F) float32 (real tensors: ONNX-exportable).
+
+        The backbone runs in the vocoder's parameter dtype (or autocast's); its output is cast to float32 before
+        the exponential and the inverse STFT. `frame_mask` (B, F): convolutions ignore padded frames."""
+        log_mel = log_mel.to(self.embed.weight.dtype)
+        mask = None if frame_mask is None else frame_mask[:, None, :].to(log_mel.dtype)
+        hidden = self.embed(log_mel if mask is None else log_mel * mask)
+        hidden = self.norm_in(hidden.transpose(1, 2)).transpose(1, 2)
+        for block in self.blocks:
+            hidden = block(hidden, mask)
+        out = self.proj_out(self.norm_out(hidden.transpose(1, 2))).transpose(1, 2).float()  # (B, 2K, F)
+        log_magnitude, phase = out.chunk(2, dim=1)
+        # Clamping before exp (not after) keeps the forward finite and the gradient defined everywhere.
+        magnitude = torch.exp(log_magnitude.clamp(max=self.max_log_magnitude))
+        return magnitude, phase
+
+    def spectrogram(self, log_mel: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Predicted complex STFT: log-mel (B, M, F) -> (B, K, F) complex64."""
+        magnitude, phase = self.magnitude_and_phase(log_mel, frame_mask)
+        # cos/sin of an unconstrained angle: every value is a valid phase, with no wrap-around discontinuity to learn.
+        return torch.complex(magnitude * torch.cos(phase), magnitude * torch.sin(phase))
+
+    def forward(self, log_mel: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """log_mel (B, num_mel_bins, F) -> waveform (B, (F - 1) * hop_length), float32.
+
+        `frame_mask` (B, F), optional: 1 for valid frames, 0 for right padding; each example then gets exactly the
+        waveform it gets alone, followed by zeros."""
+        if log_mel.dim() != 3:
+            raise ValueError(f"`log_mel` must be (batch, num_mel_bins, frames), got shape {tuple(log_mel.shape)}.")
+        num_frames = log_mel.shape[-1]
+        if num_frames < 2:
+            # One frame spans no hop, so there are no samples to produce (as with Griffin-Lim); istft rejects length 0.
+            return log_mel.new_zeros(log_mel.shape[0], 0, dtype=torch.float32)
+        length = (num_frames - 1) * self.hop_length
+        spec = self.spectrogram(log_mel, frame_mask)
+        if frame_mask is not None:
+            spec = spec * frame_mask[:, None, :].to(spec.real.dtype)  # padded frames add nothing to the overlap-add
+        audio = torch.istft(spec, self.n_fft, hop_length=self.hop_length, win_length=self.win_length,
+                            window=self.window, center=True, length=length)
+        if frame_mask is None:
+            return audio
+        # torch.istft divides by the squared-window overlap-add of all F frames; alone, an example divides by that of
+        # its own frames only. Swap the one for the other, and zero what lies past its last valid frame.
+        valid_samples = (frame_mask.long().sum(-1) - 1) * self.hop_length
+        inside = torch.arange(length, device=audio.device)[None, :] < valid_samples[:, None]
+        all_frames = self.window_envelope(torch.ones_like(frame_mask[:1]))
+        own_frames = self.window_envelope(frame_mask)
+        return torch.where(inside, audio * all_frames / torch.where(inside, own_frames, 1.0), 0.0)
+
+    def window_envelope(self, frame_mask: torch.Tensor) -> torch.Tensor:
+        """Overlap-add of the squared synthesis window over the frames where `frame_mask` (B, F) is 1, on the
+        centred output grid of torch.istft: (B, (F - 1) * hop_length) float32."""
+        window = self.window.float()
+        left = (self.n_fft - window.shape[0]) // 2  # torch.istft centres a shorter window inside n_fft samples
+        window = F.pad(window, (left, self.n_fft - window.shape[0] - left))
+        envelope = F.conv_transpose1d(frame_mask[:, None, :].float(), (window**2)[None, None, :],
+                                      stride=self.hop_length)[:, 0]
+        start = self.n_fft // 2
+        return envelope[:, start : start + (frame_mask.shape[-1] - 1) * self.hop_length]
+
+
+__all__ = ["PQVAEVocoder"]
