@@ -72,10 +72,12 @@ def test_dead_code_threshold_is_relative_by_default_and_old_configs_keep_their_a
     config.save_pretrained(tmp_path / "new")
     assert json.loads((tmp_path / "new" / "config.json").read_text())["dead_code_threshold_mode"] == "relative"
     assert AutoConfig.from_pretrained(tmp_path / "new").dead_code_threshold_mode == "relative"
-    # A config.json written before the field existed (the shipped checkpoint's) meant an absolute count per batch.
+    # A config.json written before the field existed (the previous shipped checkpoint's, git b69a51c) meant an
+    # absolute count per batch: the shipped config without the field stands for it.
     shipped = json.loads((Path(__file__).resolve().parent.parent / "checkpoints" / "pqvae-speech-small"
                           / "config.json").read_text())
-    assert "dead_code_threshold_mode" not in shipped
+    assert shipped["dead_code_threshold_mode"] == "absolute" and shipped["dead_code_threshold"] == 1.0
+    del shipped["dead_code_threshold_mode"]
     (tmp_path / "old").mkdir()
     (tmp_path / "old" / "config.json").write_text(json.dumps(shipped))
     old = AutoConfig.from_pretrained(tmp_path / "old")

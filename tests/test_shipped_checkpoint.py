@@ -25,7 +25,7 @@ def model():
 
 def test_folder_is_small_complete_and_configured(model):
     size = sum(f.stat().st_size for f in SHIPPED.rglob("*") if f.is_file())
-    assert size < 30 * 2**20, size
+    assert size <= 50 * 10**6, size  # the size budget: 50 MB (issue 11)
     for name in ("config.json", "model.safetensors", "processor_config.json", "modeling_pqvae.py",
                  "vocoder_pqvae.py", "README.md", "eval_results.json"):
         assert (SHIPPED / name).exists(), name
