@@ -106,6 +106,20 @@ def test_index_collapse_converged_quick_mode_reports_seed_spreads_curves_and_tim
     for name in ("perplexity_vs_l1.png", "learning_curves.png", "time_breakdown.png", "usage_histogram.png"):
         assert (tmp_path / name).stat().st_size > 500, name
 
+    # the token-LM stage: the joint 65,536-word head and, for PQ tokens, the factorised head at the joint LM's width
+    # and at (about) its parameter count
+    lm = subprocess.run(command + ["--stage", "token_lm", "--lm_steps", "2"], capture_output=True, text=True,
+                        timeout=600, env=env)
+    assert lm.returncode == 0, lm.stderr[-3000:]
+    heads = {row["head_kind"]: row for row in json.loads((tmp_path / "results.json").read_text())["token_lm"]}
+    assert set(heads) == {"joint", "factorised-same-width", "factorised-same-parameters"}
+    joint = heads["joint"]["lm_parameters"]
+    assert heads["factorised-same-width"]["lm_parameters"] < joint / 10
+    assert abs(heads["factorised-same-parameters"]["lm_parameters"] - joint) < 0.05 * joint
+    for row in heads.values():
+        assert 0 < row["test_bits_per_frame"] < row["max_bits_per_frame"] + 2
+    assert "factorised" in (tmp_path / "results.md").read_text()
+
     # a missing pair is reported as not run, never filled in; the report stage alone rebuilds from the JSONs
     (tmp_path / "variants" / "RVQ-2x256+DD__seed1.json").unlink()
     again = subprocess.run(command + ["--report_only"], capture_output=True, text=True, timeout=300, env=env)
@@ -152,3 +166,28 @@ def test_index_collapse_converged_resumes_a_stopped_run_exactly(audiofolder, tmp
     for key, value in reference.state_dict().items():
         assert torch.equal(value, resumed.state_dict()[key]), key
     assert [p["val_mel_l1"] for p in record["curve"]] == [p["val_mel_l1"] for p in reference_record["curve"]]
+
+
+def test_factorised_token_lm_is_causal_and_scores_every_sub_code():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import numpy as np
+    import token_lm
+    import torch
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    lm = token_lm.FactorisedTokenLM(2, 16, context=16, hidden=32, layers=1, heads=2).eval()
+    codes, is_bos, mask = token_lm._code_batch(token_lm._code_windows([rng.integers(0, 16, (2, 10))], 16))
+    assert bool(is_bos[0, 0]) and not is_bos[0, 1:].any() and codes.shape == (1, 11, 2)
+    changed = codes.clone()
+    changed[0, 5, 1] = (changed[0, 5, 1] + 1) % 16
+    with torch.no_grad():
+        before, after = lm(codes, is_bos, mask), lm(changed, is_bos, mask)
+    assert before.shape == (1, 11, 2, 16)
+    assert torch.allclose(before[0, :5], after[0, :5]) and not torch.allclose(before[0, 5:], after[0, 5:])
+    # a structured sequence (sub-code 1 = sub-code 0 of the previous frame) is learnt below the uniform 8 bits
+    sequence = rng.integers(0, 16, 400)
+    train = [np.stack([sequence[1:], sequence[:-1]])]
+    result = token_lm.train_and_score_factorised(train, train, 2, 16, steps=60, hidden=32, layers=1, heads=2,
+                                                 learning_rate=1e-2)
+    assert result["max_bits_per_frame"] == 8 and result["test_bits_per_frame"] < 6.5
