@@ -76,12 +76,14 @@ def variants(args) -> list[tuple[str, str, dict, tuple[int, ...]]]:
                     **{**fair_remedies(n, args), **extra})
 
     seeds = tuple(args.seeds)
+    # Run order within a seed: the paper's method, then the fair single-codebook baseline (issue 13's first point),
+    # then the cheaper comparisons, the second 65,536-word run last.
     return [
         ("PQ-2x256+DD", "PQ+DD", ours("pq", 2, 256, True), seeds),
+        ("VQ-2^16", "VQ", ours("vq", 1, 65536, False), seeds),
         ("PQ-2x256", "PQ", ours("pq", 2, 256, False), seeds),
         ("FSQ 8-8-8-5-5-5 (peer)", "FSQ (peer)", dict(peer="fsq"), seeds),
         ("RVQ-2x256+DD", "RVQ+DD", ours("rvq", 2, 256, True), seeds),
-        ("VQ-2^16", "VQ", ours("vq", 1, 65536, False), seeds),
         ("VQ-2^16+DD", "VQ+DD", ours("vq", 1, 65536, True), seeds),
         ("VectorQuantize-2^16 (peer, matched)", "VectorQuantize (peer)", dict(peer="vq"), seeds[:1]),
         ("VQ-2^16 plain", "plain recipe", ours("vq", 1, 65536, False, **PLAIN), seeds[:1]),
@@ -90,8 +92,8 @@ def variants(args) -> list[tuple[str, str, dict, tuple[int, ...]]]:
 
 
 def pairs(args) -> list[tuple[str, str, dict, int]]:
-    """(variant, seed) pairs in run order: seed 0 of every variant first (cheapest core variants first), then seed 1,
-    then seed 2; the plain-recipe rows last."""
+    """(variant, seed) pairs in run order: seed 0 of every variant first (in `variants` order), then seed 1, then
+    seed 2; the plain-recipe rows last."""
     grid = [v for v in variants(args) if args.variants is None or v[0] in args.variants]
     plain = [v for v in grid if v[1] == "plain recipe"]
     order = []
