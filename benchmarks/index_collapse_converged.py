@@ -553,6 +553,7 @@ def to_markdown(summary: dict, by_variant: dict) -> str:
             f" {_fmt([r['test']['log_mel_l1'] for r in group])} | {_fmt([r['validation']['log_mel_l1'] for r in group])}"
             f" | {_fmt([r['train_seconds'] / 60 for r in group], 1)} |"
             f" {_fmt([r['time_breakdown']['ms_per_step'] for r in group], 0)} |")
+    lines += targets(by_variant)
     lines += ["", "## Time per training step, by component (ms, mean over seeds)", "",
               "| variant | quantizer search | EMA + restarts + k-means init | entropy loss | peer quantizer (all) |"
               " backbone fwd/bwd + optimizer | data loading | restart checks / codewords found dead |",
@@ -592,6 +593,37 @@ def to_markdown(summary: dict, by_variant: dict) -> str:
     if not summary["running"] and not summary["pending"]:
         lines.append("Nothing: every (variant, seed) of the grid has finished.")
     return "\n".join(lines) + "\n"
+
+
+def targets(by_variant: dict) -> list[str]:
+    """The earlier issues' targets for PQ-2x256+DD, checked on the seed means (only against rows that ran)."""
+    main = by_variant.get("PQ-2x256+DD")
+    if not main:
+        return []
+    lines = ["", "## Targets (PQ-2x256+DD, mean over its seeds)", "", "| target | measured | met |", "|---|---|---|"]
+
+    def add(target: str, measured: str, met: bool) -> None:
+        lines.append(f"| {target} | {measured} | {'yes' if met else '**no**'} |")
+
+    n = main[0]["composite_size"] ** 0.5
+    usage = [np.mean([r["test"]["codebook_usage_fraction"][i] for r in main]) for i in range(2)]
+    add(">= 99 % of every sub-codebook used (test)", " / ".join(f"{100 * u:.1f} %" for u in usage), min(usage) >= 0.99)
+    ratios = [np.mean([r["test"]["codebook_perplexity"][i] for r in main]) / n for i in range(2)]
+    val_ratios = [np.mean([r["validation"]["codebook_perplexity"][i] for r in main]) / n for i in range(2)]
+    add("sub-perplexity >= 0.8 N (test)", " / ".join(f"{r:.2f} N" for r in ratios) + " (validation: " +
+        " / ".join(f"{r:.2f} N" for r in val_ratios) + ")", min(ratios) >= 0.8)
+    ours = [r["test"]["log_mel_l1"] for r in main]
+    for other, rows in by_variant.items():
+        if other == "PQ-2x256+DD" or rows[0]["method"] == "plain recipe":
+            continue
+        theirs = [r["test"]["log_mel_l1"] for r in rows]
+        gap = np.mean(ours) - np.mean(theirs)
+        spread = max(_mean_std(ours)[1] or 0.0, _mean_std(theirs)[1] or 0.0)
+        verdict = "within the seed spread" if spread and abs(gap) <= 2 * spread else (
+            "one seed: no spread" if not spread else "beyond 2 x the seed spread")
+        add(f"test mel L1 <= {other}", f"{_fmt(ours)} vs {_fmt(theirs)} (gap {gap:+.3f}, {verdict})",
+            bool(np.mean(ours) <= np.mean(theirs)))
+    return lines
 
 
 STYLE_MARKERS = "osD^vP*Xh<>p"
