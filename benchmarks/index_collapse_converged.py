@@ -696,7 +696,8 @@ def plot(summary: dict, by_variant: dict, histograms: dict, output_dir: str) -> 
         axes[0].set_ylim(min(values) - 0.02, max(values) + 0.02)
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncol=4, fontsize=8)
-    fig.suptitle("Validation learning curves (plain recipe dashed; L1 axis clipped to the remedied runs)")
+    fig.suptitle("Validation learning curves, mean ± std over seeds" +
+                 (" (plain recipe dashed; L1 axis clipped to the remedied runs)" if plain and main else ""))
     fig.savefig(os.path.join(output_dir, "learning_curves.png"), dpi=110)
     plt.close(fig)
 
