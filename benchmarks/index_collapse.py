@@ -13,6 +13,10 @@ on the whole test split (unseen languages and speakers) and on the validation sp
 the sub-perplexities, log-mel L1/L2, bit rate, training wall time. Then the token-LM check (token_lm.py) trains the
 same tiny GPT-2 on the composite ids of VQ-2^10, VQ-2^16 and PQ-2x256+DD.
 
+The first grid (400 steps, one seed, current-batch restarts that cap a single codebook at about one batch of live
+codes); `index_collapse_converged.py` is its successor (fair remedies for every codebook size, 2,000 steps, three
+seeds). This script is kept so its committed results stay reproducible.
+
 Outputs in `--output_dir`: variants/*.json (one per variant; a re-run skips those already there), token_lm/*.json,
 results.json, results.md, perplexity_vs_codebook_size.png, usage_histogram.png. To use several cores, start the
 same command in several processes (one torch thread each): each claims the next variant nobody is running.

@@ -324,6 +324,9 @@ class PQVAEModel(PQVAEPreTrainedModel):
             dead_code_threshold_mode=config.dead_code_threshold_mode,
             dead_code_restart_interval=config.dead_code_restart_interval, usage_decay=config.usage_decay,
             use_cosine=config.use_cosine_codebook, entropy_temperature=config.entropy_temperature,
+            dead_code_replay_frames=config.dead_code_replay_frames, usage_window_frames=config.usage_window_frames,
+            kmeans_init_min_frames=config.kmeans_init_min_frames,
+            dead_code_restart_last_step=config.dead_code_restart_last_step,
         )
         if config.quantizer_type != "rvq":
             quantizer_flags.update(subspace_rotation=config.subspace_rotation,

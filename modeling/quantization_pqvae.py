@@ -257,10 +257,15 @@ def _broadcast(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def kmeans(samples: torch.Tensor, num_clusters: int, num_iters: int, generator: torch.Generator | None = None):
+def kmeans(samples: torch.Tensor, num_clusters: int, num_iters: int, generator: torch.Generator | None = None,
+           rows_per_chunk: int = 4096):
     """Batched Lloyd k-means. samples (G, n, d) -> centroids (G, num_clusters, d).
 
-    With fewer samples than clusters, samples are drawn with replacement (the duplicates then act as restarts later).
+    Centroids start at `num_clusters` distinct samples (drawn without replacement); only with fewer samples than
+    clusters are samples drawn with replacement (the duplicates then act as restarts later; `kmeans_init_min_frames`
+    avoids that by accumulating frames first). Distances are computed `rows_per_chunk` samples at a time, so memory
+    stays at rows_per_chunk x num_clusters per group (a 65,536-word codebook on 131,072 frames would otherwise need
+    a 34 GB distance matrix); the assignments are the same as unchunked.
     """
     groups, num_samples, _ = samples.shape
     if num_samples >= num_clusters:
@@ -269,8 +274,13 @@ def kmeans(samples: torch.Tensor, num_clusters: int, num_iters: int, generator: 
         index = torch.randint(num_samples, (groups, num_clusters), generator=generator)
     index = index.to(samples.device)
     centroids = torch.gather(samples, 1, index[..., None].expand(-1, -1, samples.shape[-1])).clone()
+    previous = None
     for _ in range(num_iters):
-        assign = torch.cdist(samples, centroids).argmin(dim=-1)  # (G, n)
+        assign = torch.cat([torch.cdist(samples[:, first:first + rows_per_chunk], centroids).argmin(dim=-1)
+                            for first in range(0, num_samples, rows_per_chunk)], dim=1)  # (G, n)
+        if previous is not None and torch.equal(assign, previous):
+            break  # converged: further iterations would recompute the same centroids
+        previous = assign
         sums = torch.zeros_like(centroids).scatter_add_(1, assign[..., None].expand_as(samples), samples)
         counts = torch.zeros(groups, num_clusters, device=samples.device, dtype=samples.dtype)
         counts.scatter_add_(1, assign, torch.ones_like(assign, dtype=samples.dtype))
@@ -301,6 +311,16 @@ class VectorQuantizerGroup(nn.Module):
     codeword is dead below `dead_code_threshold` of that; with `"absolute"` it is the number of assignments per
     (global) batch and the threshold is a count.
 
+    Remedies that scale with the codebook (all off by default, which keeps the behaviour of existing configs): with
+    N codewords and F valid frames per batch, a codebook larger than F cannot be kept alive, initialised or judged
+    from one batch. `kmeans_init_min_frames` accumulates frames over batches (the quantizer passes latents through
+    meanwhile) and runs k-means once it has that many; `dead_code_replay_frames` keeps a ring buffer of recent
+    encoder outputs and restarts dead codewords with distinct frames drawn from it without replacement, so more
+    than F codewords can be revived at once; `usage_window_frames` makes the usage average span that many frames
+    whatever the batch size, so a uniformly used codeword has many expected uses in the window; and
+    `dead_code_restart_last_step` stops restarts after that training step, so codebooks evaluated after training hold
+    trained codewords rather than fresh copies of the last batch.
+
     Precision: codebook and statistics are float32 and stay float32 when the model is cast to half precision;
     search, EMA, k-means and restarts run in float32 with autocast off. Outputs (codewords) are float32.
     """
@@ -320,14 +340,33 @@ class VectorQuantizerGroup(nn.Module):
         dead_code_restart_interval: int = 50,
         usage_decay: float = 0.99,
         use_cosine: bool = False,
+        kmeans_init_min_frames: int = 0,
+        dead_code_replay_frames: int = 0,
+        usage_window_frames: int = 0,
+        dead_code_restart_last_step: int = 0,
     ):
         super().__init__()
         if dead_code_threshold_mode not in DEAD_CODE_THRESHOLD_MODES:
             raise ValueError(f"`dead_code_threshold_mode` must be one of {DEAD_CODE_THRESHOLD_MODES}, got"
                              f" {dead_code_threshold_mode!r}.")
+        for name, value in (("kmeans_init_min_frames", kmeans_init_min_frames),
+                            ("dead_code_replay_frames", dead_code_replay_frames),
+                            ("usage_window_frames", usage_window_frames),
+                            ("dead_code_restart_last_step", dead_code_restart_last_step)):
+            if value < 0:
+                raise ValueError(f"`{name}` must be >= 0 (0 turns it off), got {value}.")
         self.num_groups = num_groups
         self.codebook_size = codebook_size
         self.dim = dim
+        self.kmeans_init_min_frames = kmeans_init_min_frames
+        self.dead_code_replay_frames = dead_code_replay_frames
+        self.usage_window_frames = usage_window_frames
+        self.dead_code_restart_last_step = dead_code_restart_last_step
+        # Frames seen before initialisation (with `kmeans_init_min_frames`): a list of (n, G, d) tensors, dropped
+        # once k-means has run. `last_init_frames` keeps the frames k-means used until a caller takes them
+        # (ResidualQuantizer initialises its later stages on their residuals).
+        self._init_frames: list[torch.Tensor] = []
+        self.last_init_frames: torch.Tensor | None = None
         self.use_ema = use_ema
         self.ema_decay = ema_decay
         self.kmeans_init = kmeans_init
@@ -348,6 +387,12 @@ class VectorQuantizerGroup(nn.Module):
         self.register_buffer("usage_ema", torch.zeros(num_groups, codebook_size, **float32))
         self.register_buffer("initialized", torch.tensor(False))
         self.register_buffer("steps", torch.tensor(0, dtype=torch.int64))
+        if dead_code_replay_frames:
+            # Not saved with the model (training state only, and it would add S x G x d floats to every checkpoint).
+            self.register_buffer("replay_latents", torch.zeros(dead_code_replay_frames, num_groups, dim, **float32),
+                                 persistent=False)
+            self.register_buffer("replay_weights", torch.zeros(dead_code_replay_frames, **float32), persistent=False)
+            self.register_buffer("replay_position", torch.tensor(0, dtype=torch.int64), persistent=False)
 
     def reset_codebook(self) -> None:
         """Default init: uniform(-1/N, 1/N) as in the original VQ-VAE (k-means init replaces it on the first batch),
@@ -359,6 +404,12 @@ class VectorQuantizerGroup(nn.Module):
             self.usage_ema.zero_()
             self.initialized.fill_(False)
             self.steps.zero_()
+            self._init_frames = []
+            self.last_init_frames = None
+            if self.dead_code_replay_frames:
+                self.replay_latents.zero_()
+                self.replay_weights.zero_()
+                self.replay_position.zero_()
 
     def _apply(self, fn, recurse=True):
         return super()._apply(keep_float32(fn), recurse)
@@ -381,8 +432,23 @@ class VectorQuantizerGroup(nn.Module):
         return F.embedding(codes + offsets, codebook)
 
     @torch.no_grad()
+    def _accumulate_for_init(self, valid_latents: torch.Tensor) -> torch.Tensor | None:
+        """Keeps this batch's valid frames (n, G, d) until `kmeans_init_min_frames` are held (on every process, so all
+        ranks initialise at the same step); then returns them all, concatenated, and forgets them. None while short."""
+        if valid_latents.shape[0]:
+            self._init_frames.append(valid_latents.detach().clone())
+        held = torch.tensor(sum(f.shape[0] for f in self._init_frames), device=valid_latents.device)
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(held, op=dist.ReduceOp.MIN)
+        if int(held) < self.kmeans_init_min_frames:
+            return None
+        frames, self._init_frames = torch.cat(self._init_frames), []
+        return frames
+
+    @torch.no_grad()
     def _initialize(self, valid_latents: torch.Tensor) -> None:
-        """Seeds codebook (k-means, with `kmeans_init`) and statistics from the first training batch."""
+        """Seeds codebook (k-means, with `kmeans_init`) and statistics from the first training batch (or, with
+        `kmeans_init_min_frames`, from the frames accumulated over the first batches)."""
         if self.kmeans_init:
             samples = self._normalized(valid_latents).transpose(0, 1).float()  # (G, n, d)
             # Ranks hold different frames: each runs k-means on its own, rank 0's centroids win everywhere.
@@ -395,20 +461,34 @@ class VectorQuantizerGroup(nn.Module):
         self.ema_cluster_size.fill_(1.0)
         self.usage_ema.fill_(max(self.dead_code_threshold, 1.0))
         set_host_scalar(self, "initialized", True)
+        if self.kmeans_init and self.kmeans_init_min_frames:
+            self.last_init_frames = valid_latents
 
     @torch.no_grad()
     def _update_statistics(self, latents: torch.Tensor, codes: torch.Tensor, weights: torch.Tensor) -> None:
         """EMA codebook update and usage tracking from this batch's frames (n, G, d) and codes (n, G), each frame
         weighted by `weights` (n,) (1 valid, 0 padding: no data-dependent shapes), summed over processes."""
-        one_hot = F.one_hot(codes, self.codebook_size).to(latents.dtype) * weights[:, None, None]  # (n, G, N)
-        counts = _all_reduce_sum(one_hot.sum(0))  # (G, N)
+        # Scatter-adds into flat (G * N) slots rather than a dense (n, G, N) one-hot: for a 65,536-word codebook the
+        # one-hot is n x 65,536 floats and made this update cost 1.5 s per batch of 2,000 frames on one CPU core.
+        groups, size = self.num_groups, self.codebook_size
+        slots = (codes + torch.arange(groups, device=codes.device) * size).reshape(-1)  # (n * G,)
+        frame_weights = weights[:, None].expand(-1, groups).reshape(-1)
+        counts = torch.zeros(groups * size, device=latents.device, dtype=latents.dtype)
+        counts = _all_reduce_sum(counts.index_add_(0, slots, frame_weights).view(groups, size))  # (G, N)
         if self.dead_code_threshold_mode == "relative":  # share of this (global) batch's frames, 1.0 = uniform
             usage = counts * (self.codebook_size / counts.sum(-1, keepdim=True).clamp_min(1.0))
         else:  # assignments per (global) batch
             usage = counts
-        self.usage_ema.mul_(self.usage_decay).add_(usage, alpha=1 - self.usage_decay)
+        if self.usage_window_frames:
+            # decay exp(-F / W) per batch of F frames: the average spans about W frames whatever the batch size.
+            usage_decay = torch.exp(-counts.sum(-1, keepdim=True) / self.usage_window_frames)  # (G, 1)
+            self.usage_ema.mul_(usage_decay).add_(usage * (1 - usage_decay))
+        else:
+            self.usage_ema.mul_(self.usage_decay).add_(usage, alpha=1 - self.usage_decay)
         if self.use_ema:
-            sums = _all_reduce_sum(torch.einsum("ngk,ngd->gkd", one_hot, self._normalized(latents)))
+            weighted = (self._normalized(latents) * weights[:, None, None]).reshape(-1, self.dim)  # (n * G, d)
+            sums = torch.zeros(groups * size, self.dim, device=latents.device, dtype=latents.dtype)
+            sums = _all_reduce_sum(sums.index_add_(0, slots, weighted).view(groups, size, self.dim))
             self.ema_cluster_size.mul_(self.ema_decay).add_(counts, alpha=1 - self.ema_decay)
             self.ema_embed_sum.mul_(self.ema_decay).add_(sums, alpha=1 - self.ema_decay)
             # Laplace smoothing keeps rarely used codewords from dividing by ~0.
@@ -417,13 +497,47 @@ class VectorQuantizerGroup(nn.Module):
             self.codebook.data.copy_(self.ema_embed_sum / smoothed[..., None])
 
     @torch.no_grad()
+    def _remember_for_restarts(self, latents: torch.Tensor, weights: torch.Tensor) -> None:
+        """Writes this batch's frames (n, G, d) and their weights (n,) (1 valid, 0 padding) into the replay ring.
+        All frames are kept, padding with weight 0, so no device-to-host read is needed in an ordinary step."""
+        capacity = self.dead_code_replay_frames
+        latents, weights = latents[-capacity:], weights[-capacity:]  # a batch larger than the ring: its newest rows
+        position = host_scalar(self, "replay_position")
+        rows = (position + torch.arange(latents.shape[0], device=latents.device)) % capacity
+        self.replay_latents.index_copy_(0, rows, latents.detach().float())
+        self.replay_weights.index_copy_(0, rows, weights.detach().float())
+        set_host_scalar(self, "replay_position", (position + latents.shape[0]) % capacity)
+
+    def restarts_allowed(self, step: int) -> bool:
+        """Whether the dead-code rule runs at training step `step` (counted from 1)."""
+        if self.dead_code_threshold <= 0 or step % self.dead_code_restart_interval:
+            return False
+        return not self.dead_code_restart_last_step or step <= self.dead_code_restart_last_step
+
+    @torch.no_grad()
     def _restart_dead_codes(self, valid_latents: torch.Tensor) -> None:
-        """Re-seed codewords whose moving-average usage fell below the threshold with random encoder outputs."""
+        """Re-seed codewords whose moving-average usage fell below the threshold with random encoder outputs:
+        from the current batch (with replacement), or with `dead_code_replay_frames` from distinct frames of the
+        replay ring (without replacement: each revived codeword gets its own frame; with more dead codewords than
+        remembered frames, the rest wait for the next restart)."""
         dead = self.usage_ema < self.dead_code_threshold  # (G, N)
-        if not bool(dead.any()) or valid_latents.shape[0] == 0:
+        if not bool(dead.any()):
             return
-        samples = self._normalized(valid_latents)  # (n, G, d)
-        pick = torch.randint(samples.shape[0], (self.num_groups, self.codebook_size), device=samples.device)
+        if self.dead_code_replay_frames:
+            stored = self.replay_weights > 0
+            if not bool(stored.any()):
+                return
+            samples = self._normalized(self.replay_latents[stored])  # (S', G, d)
+            # Per group: a random order of the remembered frames, the k-th dead codeword takes the k-th frame.
+            order = torch.argsort(torch.rand(self.num_groups, samples.shape[0], device=samples.device), dim=1)
+            rank = dead.long().cumsum(-1) - 1  # (G, N): position of each dead codeword among its group's dead ones
+            dead = dead & (rank < samples.shape[0])
+            pick = torch.gather(order, 1, rank.clamp(0, samples.shape[0] - 1))  # (G, N)
+        else:
+            if valid_latents.shape[0] == 0:
+                return
+            samples = self._normalized(valid_latents)  # (n, G, d)
+            pick = torch.randint(samples.shape[0], (self.num_groups, self.codebook_size), device=samples.device)
         replacement = samples[pick, torch.arange(self.num_groups, device=samples.device)[:, None]]  # (G, N, d)
         replacement = _broadcast(replacement.contiguous())
         dead = _broadcast(dead.contiguous())
@@ -462,22 +576,34 @@ class VectorQuantizerGroup(nn.Module):
 
         In training mode this also runs k-means init (first batch), EMA updates and dead-code restarts, all from
         valid frames only, in float32 whatever the input dtype or autocast state. Codewords are float32.
+        With `kmeans_init_min_frames`, the steps before initialisation return the latents themselves as codewords
+        (the decoder trains on the continuous latents meanwhile) and codes 0 (an unseeded codebook has no meaning,
+        and searching a 65,536-word one would cost as much as a real step).
         """
         with float32_region(latents):
             batch, frames = latents.shape[:2]
             flat = latents.detach().float().reshape(batch * frames, self.num_groups, self.dim)
             updating = self.training and not self.frozen
-            if updating and not host_scalar(self, "initialized"):  # the first training step: reading is fine
+            if updating and not host_scalar(self, "initialized"):  # the first training steps: reading is fine
                 valid = flat[mask.reshape(-1).bool()]
+                if self.kmeans_init and self.kmeans_init_min_frames:
+                    valid = self._accumulate_for_init(valid)
+                    if valid is None:  # still collecting frames: pass the latents through
+                        set_host_scalar(self, "steps", host_scalar(self, "steps") + 1)
+                        codes = torch.zeros(batch, frames, self.num_groups, dtype=torch.int64, device=flat.device)
+                        return self._normalized(flat).view(batch, frames, self.num_groups, self.dim), codes
                 if valid.shape[0] > 0:
                     self._initialize(valid)
             codes = self.search(flat)
             if updating:
                 # Every frame, weighted by the mask: no device-to-host read in an ordinary training step.
-                self._update_statistics(flat, codes, mask.reshape(-1).to(flat.dtype))
+                weights = mask.reshape(-1).to(flat.dtype)
+                self._update_statistics(flat, codes, weights)
+                if self.dead_code_replay_frames:
+                    self._remember_for_restarts(flat, weights)
                 steps = host_scalar(self, "steps") + 1
                 set_host_scalar(self, "steps", steps)
-                if self.dead_code_threshold > 0 and steps % self.dead_code_restart_interval == 0:
+                if self.restarts_allowed(steps):
                     self._restart_dead_codes(flat[mask.reshape(-1).bool()])
                     codes = self.search(flat)
             codewords = self.lookup(codes)
@@ -634,7 +760,7 @@ class ResidualQuantizer(nn.Module):
         total = torch.zeros_like(latents)
         all_codes, entropy_losses = [], []
         weights = mask.reshape(-1).to(latents.dtype)
-        for stage in self.stages:
+        for index, stage in enumerate(self.stages):
             if with_entropy_loss:
                 entropy_losses.append(stage.entropy_loss(residual.reshape(-1, 1, dim), self.entropy_temperature, weights))
             codewords, codes = stage(residual.view(batch, frames, 1, dim), mask)
@@ -642,11 +768,34 @@ class ResidualQuantizer(nn.Module):
             total = total + codewords
             residual = residual - codewords.detach()
             all_codes.append(codes.view(batch, frames))
+            if stage.training and not stage.frozen and stage.kmeans_init and stage.kmeans_init_min_frames:
+                if not host_scalar(stage, "initialized"):
+                    # Still collecting frames (`kmeans_init_min_frames`): this stage passed its input through, so the
+                    # later stages have nothing to quantize yet; they are initialised with it (below).
+                    all_codes += [torch.zeros_like(all_codes[-1])] * (len(self.stages) - index - 1)
+                    break
+                if stage.last_init_frames is not None and index + 1 < len(self.stages):
+                    self._initialize_later_stages(index, stage.last_init_frames)
+                stage.last_init_frames = None
         codes = torch.stack(all_codes, dim=1)
         output = _straight_through(latents, total, codes, mask, self.stages[0].use_ema)
         if with_entropy_loss:
             output.entropy_loss = torch.stack(entropy_losses).mean()
         return output
+
+    @torch.no_grad()
+    def _initialize_later_stages(self, index: int, frames: torch.Tensor) -> None:
+        """Stage `index` just ran k-means on `frames` (n, 1, D): seed every later stage by k-means on the residuals of
+        the same frames after the stages before it (sequential residual k-means), at the same training step."""
+        residual = frames
+        # The later stages skipped the warm-up steps: give them the step count they will have after this forward, so
+        # every stage restarts (and stops restarting) at the same training steps.
+        steps = host_scalar(self.stages[index], "steps") - 1
+        for previous, stage in zip(self.stages[index:], self.stages[index + 1:]):
+            residual = residual - previous.lookup(previous.search(residual))
+            stage._initialize(residual)
+            stage.last_init_frames = None
+            set_host_scalar(stage, "steps", steps)
 
     @in_float32
     def encode(self, latents: torch.Tensor) -> torch.Tensor:

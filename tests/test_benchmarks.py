@@ -68,3 +68,126 @@ def test_index_collapse_quick_mode_end_to_end(audiofolder, tmp_path):
                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert again.returncode == 0 and "1/10" not in again.stderr
     assert json.loads((tmp_path / "results.json").read_text())["results"] == summary["results"]
+
+
+CONVERGED = REPO / "benchmarks" / "index_collapse_converged.py"
+
+
+def test_index_collapse_converged_quick_mode_reports_seed_spreads_curves_and_timings(audiofolder, tmp_path):
+    command = [sys.executable, str(CONVERGED), "--corpus_dir", str(audiofolder), "--quick", "--steps", "8",
+               "--val_every", "4", "--restart_interval", "2", "--freeze_steps", "2", "--init_frames", "300",
+               "--seeds", "0", "1", "--threads", "1", "--output_dir", str(tmp_path), "--variants", "PQ-2x256+DD",
+               "RVQ-2x256+DD", "FSQ 8-8-8-5-5-5 (peer)", "VQ-2^16 plain"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    process = subprocess.run(command, capture_output=True, text=True, timeout=900, env=env)
+    assert process.returncode == 0, process.stderr[-3000:]
+    summary = json.loads((tmp_path / "results.json").read_text())
+    pairs = sorted((row["name"], row["seed"]) for row in summary["results"])
+    # every core variant with both seeds, the plain recipe with the first seed only
+    assert pairs == sorted([("PQ-2x256+DD", 0), ("PQ-2x256+DD", 1), ("RVQ-2x256+DD", 0), ("RVQ-2x256+DD", 1),
+                            ("FSQ 8-8-8-5-5-5 (peer)", 0), ("FSQ 8-8-8-5-5-5 (peer)", 1), ("VQ-2^16 plain", 0)])
+    assert summary["pending"] == [] and summary["running"] == []
+    for row in summary["results"]:
+        assert [point["step"] for point in row["curve"]] == [4, 8]
+        assert all(point["val_mel_l1"] > 0 and point["composite_perplexity"] >= 1 for point in row["curve"])
+        breakdown = row["time_breakdown"]
+        assert breakdown["ms_per_step"] > 0 and breakdown["backbone_and_optimizer_s"] > 0
+        if row["name"].startswith(("PQ", "RVQ")):
+            assert breakdown["quantizer_search_s"] > 0 and breakdown["ema_restarts_init_s"] > 0
+            assert row["overrides"]["dead_code_restart_last_step"] == 6 and row["restart_checks"] > 0
+            # k-means waited for 300 frames (a batch of 4 clips has fewer), passing latents through meanwhile
+            assert row["quantizer_initialised_at_step"] > 1
+        assert row["test"]["clips"] == 6 and row["test"]["log_mel_l1"] > 0
+    pq = summary["variants"]["PQ-2x256+DD"]
+    assert pq["seeds"] == [0, 1] and pq["test_mel_l1"]["std"] is not None and len(pq["test_mel_l1"]["values"]) == 2
+    assert summary["variants"]["VQ-2^16 plain"]["test_mel_l1"]["std"] is None
+    markdown = (tmp_path / "results.md").read_text()
+    assert " ± " in markdown and "Validation learning curve" in markdown and "by component" in markdown
+    for name in ("perplexity_vs_l1.png", "learning_curves.png", "time_breakdown.png", "usage_histogram.png"):
+        assert (tmp_path / name).stat().st_size > 500, name
+
+    # the token-LM stage: the joint 65,536-word head and, for PQ tokens, the factorised head at the joint LM's width
+    # and at (about) its parameter count
+    lm = subprocess.run(command + ["--stage", "token_lm", "--lm_steps", "2"], capture_output=True, text=True,
+                        timeout=600, env=env)
+    assert lm.returncode == 0, lm.stderr[-3000:]
+    heads = {row["head_kind"]: row for row in json.loads((tmp_path / "results.json").read_text())["token_lm"]}
+    assert set(heads) == {"joint", "factorised-same-width", "factorised-same-parameters"}
+    joint = heads["joint"]["lm_parameters"]
+    assert heads["factorised-same-width"]["lm_parameters"] < joint / 10
+    assert abs(heads["factorised-same-parameters"]["lm_parameters"] - joint) < 0.05 * joint
+    for row in heads.values():
+        assert 0 < row["test_bits_per_frame"] < row["max_bits_per_frame"] + 2
+    assert "factorised" in (tmp_path / "results.md").read_text()
+
+    # a missing pair is reported as not run, never filled in; the report stage alone rebuilds from the JSONs
+    (tmp_path / "variants" / "RVQ-2x256+DD__seed1.json").unlink()
+    again = subprocess.run(command + ["--report_only"], capture_output=True, text=True, timeout=300, env=env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    summary = json.loads((tmp_path / "results.json").read_text())
+    assert summary["pending"] == ["RVQ-2x256+DD (seed 1)"] and len(summary["results"]) == 6
+    assert "Not run yet: RVQ-2x256+DD (seed 1)" in (tmp_path / "results.md").read_text()
+
+
+def test_index_collapse_converged_resumes_a_stopped_run_exactly(audiofolder, tmp_path, monkeypatch):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import index_collapse_converged as converged
+    import torch
+
+    from pqvae_hf.data import add_index_column, decode_audio, load_audio_dataset
+
+    args = converged.parse_args(["--corpus_dir", str(audiofolder), "--quick", "--steps", "8", "--val_every", "4",
+                                 "--restart_interval", "2", "--freeze_steps", "2", "--init_frames", "40",
+                                 "--replay_frames", "64"])
+    train = add_index_column(load_audio_dataset(dataset_dir=str(audiofolder), split_column="split", split="train"))
+    val = [decode_audio(cell, 16000) for cell in
+           load_audio_dataset(dataset_dir=str(audiofolder), split_column="split", split="validation")["audio"]][:2]
+    name, _, overrides, _ = converged.pairs(args)[0]
+    assert name == "PQ-2x256+DD"
+    torch.set_num_threads(1)
+    reference, reference_record = converged.train_pair(name, overrides, 0, args, train, val, str(tmp_path / "a"))
+
+    original = converged.Batches.__call__
+
+    requests = []
+
+    def stop_at_step_6(self, step):
+        requests.append(step)
+        if step == 6 and requests.count(6) == 2:  # the first request is the frames-per-batch estimate at start-up
+            raise KeyboardInterrupt("stopped")
+        return original(self, step)
+
+    monkeypatch.setattr(converged.Batches, "__call__", stop_at_step_6)
+    with pytest.raises(KeyboardInterrupt):
+        converged.train_pair(name, overrides, 0, args, train, val, str(tmp_path / "b"))
+    assert (tmp_path / "b" / "checkpoint.pt").exists()
+    monkeypatch.setattr(converged.Batches, "__call__", original)
+    resumed, record = converged.train_pair(name, overrides, 0, args, train, val, str(tmp_path / "b"))
+    for key, value in reference.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[key]), key
+    assert [p["val_mel_l1"] for p in record["curve"]] == [p["val_mel_l1"] for p in reference_record["curve"]]
+
+
+def test_factorised_token_lm_is_causal_and_scores_every_sub_code():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import numpy as np
+    import token_lm
+    import torch
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    lm = token_lm.FactorisedTokenLM(2, 16, context=16, hidden=32, layers=1, heads=2).eval()
+    codes, is_bos, mask = token_lm._code_batch(token_lm._code_windows([rng.integers(0, 16, (2, 10))], 16))
+    assert bool(is_bos[0, 0]) and not is_bos[0, 1:].any() and codes.shape == (1, 11, 2)
+    changed = codes.clone()
+    changed[0, 5, 1] = (changed[0, 5, 1] + 1) % 16
+    with torch.no_grad():
+        before, after = lm(codes, is_bos, mask), lm(changed, is_bos, mask)
+    assert before.shape == (1, 11, 2, 16)
+    assert torch.allclose(before[0, :5], after[0, :5]) and not torch.allclose(before[0, 5:], after[0, 5:])
+    # a structured sequence (sub-code 1 = sub-code 0 of the previous frame) is learnt below the uniform 8 bits
+    sequence = rng.integers(0, 16, 400)
+    train = [np.stack([sequence[1:], sequence[:-1]])]
+    result = token_lm.train_and_score_factorised(train, train, 2, 16, steps=60, hidden=32, layers=1, heads=2,
+                                                 learning_rate=1e-2)
+    assert result["max_bits_per_frame"] == 8 and result["test_bits_per_frame"] < 6.5

@@ -266,3 +266,153 @@ def test_relative_usage_does_not_depend_on_batch_size_or_process_count():
     assert bool((usage["absolute", 4][used] > 3 * usage["absolute", 1][used]).all())
     with pytest.raises(ValueError, match="dead_code_threshold_mode"):
         VectorQuantizerGroup(1, 16, 2, dead_code_threshold_mode="per_batch")
+
+
+# ---- issue 13: remedies that scale with the codebook size -----------------------------------------------------------
+
+
+def _train_forward(group, latents, mask=None):
+    """One training forward of a VectorQuantizerGroup on (n, G, d) latents as a (1, n, G, d) batch."""
+    mask = torch.ones(1, latents.shape[0]) if mask is None else mask
+    return group(latents[None], mask)
+
+
+def test_ema_statistics_without_one_hot_match_the_dense_computation():
+    torch.manual_seed(0)
+    group = VectorQuantizerGroup(2, 50, 3, dead_code_threshold=0.0, kmeans_init=False)
+    group.reset_codebook()
+    group.initialized.fill_(True)
+    latents, weights = torch.randn(40, 2, 3), (torch.rand(40) > 0.3).float()
+    codes = group.search(latents)
+    one_hot = torch.nn.functional.one_hot(codes, 50).float() * weights[:, None, None]
+    expected_sums = 0.99 * group.ema_embed_sum + 0.01 * torch.einsum("ngk,ngd->gkd", one_hot, latents)
+    expected_sizes = 0.99 * group.ema_cluster_size + 0.01 * one_hot.sum(0)
+    group._update_statistics(latents, codes, weights)
+    assert torch.allclose(group.ema_embed_sum, expected_sums, atol=1e-6)
+    assert torch.allclose(group.ema_cluster_size, expected_sizes, atol=1e-6)
+
+
+def test_replay_buffer_restart_revives_more_codewords_than_one_batch_has_frames():
+    torch.manual_seed(0)
+    frames_per_batch, size = 32, 512
+    group = VectorQuantizerGroup(1, size, 4, kmeans_init=False, dead_code_threshold=0.5, dead_code_restart_interval=20,
+                                 usage_decay=0.8, dead_code_replay_frames=1024)
+    group.reset_codebook()
+    group.train()
+    for _ in range(20):  # 20 batches of 32 distinct frames: 640 frames remembered; restart at step 20
+        _train_forward(group, torch.randn(frames_per_batch, 1, 4))
+    revived = {tuple(row) for row in group.codebook.data[0].tolist()}
+    # every codeword but the few this usage kept alive was restarted, each with its own frame (no duplicates)
+    assert len(revived) > 10 * frames_per_batch
+    batch_only = VectorQuantizerGroup(1, size, 4, kmeans_init=False, dead_code_threshold=0.5,
+                                      dead_code_restart_interval=20, usage_decay=0.8)
+    batch_only.reset_codebook()
+    batch_only.train()
+    for _ in range(20):
+        _train_forward(batch_only, torch.randn(frames_per_batch, 1, 4))
+    # the current-batch rule: at most one batch of distinct frames (plus the few codewords that were alive)
+    assert len({tuple(row) for row in batch_only.codebook.data[0].tolist()}) < 2 * frames_per_batch
+
+
+def test_replay_buffer_keeps_only_valid_frames_of_the_last_batches():
+    group = VectorQuantizerGroup(1, 8, 2, kmeans_init=False, dead_code_threshold=0.0, dead_code_replay_frames=10)
+    group.reset_codebook()
+    group.train()
+    for value in range(4):  # 4 batches of 4 frames, the last frame of each is padding; the ring holds 10 rows
+        latents = torch.full((4, 1, 2), float(value))
+        _train_forward(group, latents, torch.tensor([[1.0, 1.0, 1.0, 0.0]]))
+    stored = group.replay_latents[group.replay_weights > 0][:, 0, 0]
+    assert sorted(set(stored.tolist())) == [1.0, 2.0, 3.0] and len(stored) == 7  # batch 0 overwritten, padding out
+    assert "replay_latents" not in group.state_dict()  # training state only
+
+
+def test_kmeans_init_waits_for_enough_distinct_frames_and_passes_latents_through_meanwhile():
+    torch.manual_seed(0)
+    # kmeans_iters=0: the codebook is exactly k-means' starting centroids, so we can see which frames it drew
+    group = VectorQuantizerGroup(1, 64, 2, use_ema=False, kmeans_init=True, kmeans_iters=0, kmeans_init_min_frames=100,
+                                 dead_code_threshold=0.0)
+    group.reset_codebook()
+    group.train()
+    seen = []
+    for step in range(4):  # 30 frames per batch: initialised at the 4th batch (120 frames >= 100)
+        latents = torch.randn(30, 1, 2)
+        seen.append(latents[:, 0])
+        codewords, codes = _train_forward(group, latents)
+        if step < 3:
+            assert not bool(group.initialized)
+            assert torch.equal(codewords[0], latents) and not codes.any()  # pass-through
+    assert bool(group.initialized) and group.last_init_frames.shape[0] == 120
+    batch_of = {tuple(frame): index for index, batch in enumerate(seen) for frame in batch.tolist()}
+    codewords = [tuple(c) for c in group.codebook.data[0].tolist()]
+    assert len(set(codewords)) == 64 and all(c in batch_of for c in codewords)  # 64 distinct frames
+    assert len({batch_of[c] for c in codewords}) == 4  # drawn from every batch, not only the last
+
+
+def test_kmeans_starts_from_distinct_samples_and_is_chunk_invariant():
+    torch.manual_seed(0)
+    samples = torch.randn(1, 300, 3)
+    first = kmeans(samples, 300, 0, generator=torch.Generator().manual_seed(0))  # 0 iterations: the start
+    assert len({tuple(c) for c in first[0].tolist()}) == 300  # without replacement
+    one = kmeans(samples, 20, 10, generator=torch.Generator().manual_seed(1))
+    chunked = kmeans(samples, 20, 10, generator=torch.Generator().manual_seed(1), rows_per_chunk=7)
+    assert torch.equal(one, chunked)
+
+
+def test_residual_stages_are_initialised_on_residuals_of_the_same_frames():
+    torch.manual_seed(0)
+    rvq = ResidualQuantizer(2, 16, 4, kmeans_init=True, kmeans_init_min_frames=60, dead_code_threshold=0.0)
+    for stage in rvq.stages:
+        stage.reset_codebook()
+    rvq.train()
+    for step in range(3):  # 25 frames per batch: stage 0 initialises at batch 3 and seeds stage 1 at once
+        out = rvq(torch.randn(1, 25, 4), torch.ones(1, 25))
+    assert all(bool(stage.initialized) for stage in rvq.stages)
+    assert rvq.stages[1].codebook.abs().max() < rvq.stages[0].codebook.abs().max() + 1  # residual scale, not zero
+    assert rvq.stages[1].codebook.abs().sum() > 0
+    assert int(rvq.stages[0].steps) == int(rvq.stages[1].steps) == 3
+    assert out.codes.shape == (1, 2, 25)
+
+
+def test_restarts_stop_after_the_last_restart_step():
+    torch.manual_seed(0)
+    group = VectorQuantizerGroup(1, 256, 2, use_ema=False, kmeans_init=False, dead_code_threshold=0.5,
+                                 dead_code_restart_interval=5, usage_decay=0.7, dead_code_restart_last_step=10,
+                                 dead_code_replay_frames=64)
+    group.reset_codebook()
+    group.train()
+    snapshots = {}
+    for step in range(1, 31):
+        _train_forward(group, torch.randn(16, 1, 2) + 5.0)  # far from the tiny initial codewords: most stay dead
+        snapshots[step] = group.codebook.data.clone()
+    assert group.restarts_allowed(10) and not group.restarts_allowed(15) and not group.restarts_allowed(11)
+    assert not torch.equal(snapshots[9], snapshots[10])  # restarted at step 10
+    dead_after = (group.usage_ema < 0.5)
+    assert dead_after.any()  # dead codewords remain ...
+    # ... but after step 10 codewords only move by EMA: never-used codewords keep their exact values
+    unused = torch.isclose(snapshots[11], snapshots[30]).all(-1)
+    assert unused.sum() > 0 and torch.equal(snapshots[11][unused], snapshots[30][unused])
+
+
+def test_usage_window_in_frames_does_not_depend_on_batch_size():
+    results = []
+    for frames_per_batch in (10, 40):
+        group = VectorQuantizerGroup(1, 4, 1, kmeans_init=False, dead_code_threshold=0.0, usage_window_frames=200)
+        group.reset_codebook()
+        group.initialized.fill_(True)
+        group.usage_ema.fill_(1.0)
+        group.train()
+        group.codebook.data[:] = torch.tensor([[[0.0], [10.0], [20.0], [30.0]]])
+        for _ in range(400 // frames_per_batch):  # the same 400 frames, all on codeword 0
+            group._update_statistics(torch.zeros(frames_per_batch, 1, 1),
+                                     torch.zeros(frames_per_batch, 1, dtype=torch.long), torch.ones(frames_per_batch))
+        results.append(group.usage_ema.clone())
+    # unused codewords decayed by exp(-400 / 200) whatever the batch size
+    assert torch.allclose(results[0][0, 1:], torch.full((3,), math.exp(-2.0)), rtol=1e-4)
+    assert torch.allclose(results[0], results[1], rtol=1e-4)
+
+
+def test_new_remedy_flags_reject_negative_values():
+    for flag in ("kmeans_init_min_frames", "dead_code_replay_frames", "usage_window_frames",
+                 "dead_code_restart_last_step"):
+        with pytest.raises(ValueError, match=flag):
+            VectorQuantizerGroup(1, 4, 2, **{flag: -1})

@@ -72,6 +72,25 @@ class PQVAEConfig(PreTrainedConfig):
             default 0.2 reproduces that at that scale.
         dead_code_restart_interval (`int`, defaults to 50): training steps between dead-code restarts.
         usage_decay (`float`, defaults to 0.99): decay of the moving-average usage counts.
+        dead_code_replay_frames (`int`, defaults to 0): restart dead codewords from a ring buffer of this many recent
+            encoder outputs (spanning many batches), each revived codeword getting a distinct frame (drawn without
+            replacement), instead of from the current batch. Why: a batch of F frames can give at most F distinct
+            replacements, so with the current-batch rule a codebook much larger than F (65,536 codewords against
+            ~2,000 frames per 16 x 2 s batch) stays capped near F live codewords by construction, whatever the
+            method. 0 keeps the current-batch rule. Training state only: not saved with the model.
+        usage_window_frames (`int`, defaults to 0): when > 0, the usage average decays by exp(-F / this) per batch of
+            F valid frames instead of by `usage_decay`, so it spans about this many frames whatever the batch size.
+            Why: a codeword used at the uniform rate gets window / N uses per window; with a window of ~100 batches
+            and N = 65,536 that is about 2, so the dead-code rule would restart many healthy codewords by chance.
+            Scale it with N (e.g. >= 4 N frames).
+        kmeans_init_min_frames (`int`, defaults to 0): with `kmeans_init`, collect at least this many valid frames over
+            the first batches before running k-means (the quantizer passes the latents through until then; residual
+            stages are then seeded by k-means on the residuals of the same frames). Why: k-means on one batch of F
+            frames gives a codebook larger than F duplicated frames (sampled with replacement); with at least N
+            frames the centroids start at N distinct frames. 0 initialises on the first batch.
+        dead_code_restart_last_step (`int`, defaults to 0): no dead-code restarts after this training step (0: restarts
+            never stop). Why: a restart copies encoder outputs into the codebook; restarts right before evaluation
+            make the usage measured afterwards describe fresh copies of the last batch, not trained codewords.
         entropy_loss_weight (`float`, defaults to 0.0): weight of a code-balancing loss on soft assignments
             (softmax of minus squared distances over each codebook): per-frame entropy minus the entropy of the
             batch-averaged assignment, divided by log N. It pushes the encoder to spread frames over all codewords
@@ -133,6 +152,10 @@ class PQVAEConfig(PreTrainedConfig):
     dead_code_threshold_mode: str = "relative"
     dead_code_restart_interval: int = 50
     usage_decay: float = 0.99
+    dead_code_replay_frames: int = 0
+    usage_window_frames: int = 0
+    kmeans_init_min_frames: int = 0
+    dead_code_restart_last_step: int = 0
     entropy_loss_weight: float = 0.0
     entropy_temperature: float = 1.0
     subspace_rotation: str = "none"
@@ -231,6 +254,10 @@ class PQVAEConfig(PreTrainedConfig):
                      "mel_l2_weight", "dead_code_threshold", "entropy_loss_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"`{name}` must be >= 0, got {getattr(self, name)}.")
+        for name in ("dead_code_replay_frames", "usage_window_frames", "kmeans_init_min_frames",
+                     "dead_code_restart_last_step"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"`{name}` must be >= 0 (0 turns it off), got {getattr(self, name)}.")
         if self.mel_l1_weight == 0 and self.mel_l2_weight == 0:
             raise ValueError("At least one of `mel_l1_weight` and `mel_l2_weight` must be > 0.")
         for name in ("ema_decay", "usage_decay"):
