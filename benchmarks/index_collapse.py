@@ -115,7 +115,6 @@ def extra_variants() -> list[tuple[str, str, dict]]:
 def train_variant(overrides: dict, args, train_dataset, output_dir: str) -> tuple:
     from transformers import TrainingArguments
 
-    from pqvae_hf import PQVAEConfig, PQVAEModel
     from pqvae_hf.data import AudioCollator
     from pqvae_hf.trainer import EpochSetterCallback, PQVAETrainer
 
@@ -123,18 +122,9 @@ def train_variant(overrides: dict, args, train_dataset, output_dir: str) -> tupl
     # The recorded grid ran with the threshold in absolute units (1 assignment per batch), the only mode then.
     base = dict(hidden_size=args.hidden_size, intermediate_size=3 * args.hidden_size, vocoder="none",
                 dead_code_threshold=1.0, dead_code_threshold_mode="absolute")
-    overrides = dict(overrides)
-    peer = overrides.pop("peer", None)
-    if peer:
-        from peer_quantizers import peer_config_overrides
+    from peer_quantizers import build_backbone
 
-        overrides = {**peer_config_overrides(peer), **overrides}
-        overrides.pop("peer")
-    model = PQVAEModel(PQVAEConfig(**{**base, **overrides}))
-    if peer:
-        from peer_quantizers import install_peer
-
-        install_peer(model, peer)
+    model, _ = build_backbone(base, overrides)
     collator = AudioCollator(model.config.sampling_rate, crop_seconds=args.crop_seconds, seed=args.seed)
     training_args = TrainingArguments(
         output_dir=output_dir, max_steps=args.steps, per_device_train_batch_size=args.batch_size,

@@ -192,27 +192,16 @@ class Batches:
 
 
 def build_model(overrides: dict, args, frames_per_batch: float):
-    from pqvae_hf import PQVAEConfig, PQVAEModel
+    from peer_quantizers import build_backbone
 
     base = dict(hidden_size=args.hidden_size, intermediate_size=3 * args.hidden_size, vocoder="none")
-    overrides = dict(overrides)
-    peer = overrides.pop("peer", None)
-    if peer:
-        from peer_quantizers import peer_config_overrides
-
-        overrides = {**peer_config_overrides(peer), **overrides}
-        overrides.pop("peer")
-    model = PQVAEModel(PQVAEConfig(**{**base, **overrides}))
-    if peer:
-        from peer_quantizers import install_peer
-
-        install_peer(model, peer)
-        if peer == "vq":
-            # The matched dead-code rule in the library's units: its threshold is an EMA of assignments per batch,
-            # so 0.2 of the expected uses per codeword per batch (frames per batch / N), as for our quantizers.
-            codebook = model.quantizer.inner._codebook
-            codebook.threshold_ema_dead_code = 0.2 * frames_per_batch / model.config.codebook_size
-            codebook.reset_cluster_size = codebook.threshold_ema_dead_code
+    model, peer = build_backbone(base, overrides)
+    if peer == "vq":
+        # The matched dead-code rule in the library's units: its threshold is an EMA of assignments per batch,
+        # so 0.2 of the expected uses per codeword per batch (frames per batch / N), as for our quantizers.
+        codebook = model.quantizer.inner._codebook
+        codebook.threshold_ema_dead_code = 0.2 * frames_per_batch / model.config.codebook_size
+        codebook.reset_cluster_size = codebook.threshold_ema_dead_code
     return model, peer
 
 

@@ -94,3 +94,19 @@ def install_peer(model, kind: str) -> None:
     model.quantizer = PeerQuantizer(kind, config.codebook_dim, config.codebook_size, ema_decay=config.ema_decay,
                                     commitment_weight=config.commitment_weight,
                                     dead_code_threshold=config.dead_code_threshold)
+
+
+def build_backbone(base: dict, overrides: dict):
+    """The benchmark backbone: `PQVAEModel` from `base` config fields plus one variant's `overrides`; an override
+    `peer=<kind>` describes that peer to the config and swaps it in as the quantizer. -> (model, peer kind or None)."""
+    from pqvae_hf import PQVAEConfig, PQVAEModel
+
+    overrides = dict(overrides)
+    peer = overrides.pop("peer", None)
+    if peer:
+        overrides = {**peer_config_overrides(peer), **overrides}
+        overrides.pop("peer")
+    model = PQVAEModel(PQVAEConfig(**{**base, **overrides}))
+    if peer:
+        install_peer(model, peer)
+    return model, peer

@@ -61,6 +61,41 @@ def _batch(windows: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor, torch
     return input_ids, attention_mask, labels
 
 
+def _fit(lm, train_windows, train_loss, *, steps: int, batch_size: int, learning_rate: float, rng,
+         label: str) -> float:
+    """The one training loop of both LM heads: AdamW, one-cycle cosine schedule, clipping, `steps` random batches of
+    windows; `train_loss(windows)` is the head's mean cross-entropy. Returns the wall seconds it took."""
+    optimizer = torch.optim.AdamW(lm.parameters(), lr=learning_rate, weight_decay=0.01)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=learning_rate, total_steps=steps,
+                                                   pct_start=0.05, anneal_strategy="cos")
+    start = time.time()
+    lm.train()
+    for step in range(steps):
+        picks = rng.integers(len(train_windows), size=batch_size)
+        loss = train_loss([train_windows[i] for i in picks])
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(lm.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        if step % max(1, steps // 10) == 0 or step == steps - 1:
+            print(f"[token-lm] {label} step {step + 1}/{steps} train CE {float(loss.detach()):.3f} nats",
+                  file=sys.stderr, flush=True)
+    return time.time() - start
+
+
+@torch.no_grad()
+def _test_nats(lm, test_windows, summed_nats) -> float:
+    """Mean cross-entropy over the test windows, 64 at a time: `summed_nats(windows)` -> (summed nats, count)."""
+    lm.eval()
+    total_nats, total_count = 0.0, 0
+    for first in range(0, len(test_windows), 64):
+        nats, count = summed_nats(test_windows[first:first + 64])
+        total_nats += float(nats)
+        total_count += count
+    return total_nats / total_count
+
+
 def train_and_score(train_sequences, test_sequences, vocab_size: int, *, steps: int = 300, batch_size: int = 8,
                     context: int = 128, hidden: int = 128, layers: int = 3, heads: int = 4,
                     learning_rate: float = 2e-3, seed: int = 0, frame_rate: float = 62.5) -> dict:
@@ -73,39 +108,22 @@ def train_and_score(train_sequences, test_sequences, vocab_size: int, *, steps: 
     config = GPT2Config(vocab_size=vocab_size + 1, n_positions=context + 1, n_embd=hidden, n_layer=layers,
                         n_head=heads, bos_token_id=bos, eos_token_id=bos, tie_word_embeddings=True)
     lm = GPT2LMHeadModel(config)
-    train_windows = _windows(train_sequences, context, bos)
-    optimizer = torch.optim.AdamW(lm.parameters(), lr=learning_rate, weight_decay=0.01)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=learning_rate, total_steps=steps,
-                                                   pct_start=0.05, anneal_strategy="cos")
-    start = time.time()
-    lm.train()
-    for step in range(steps):
-        picks = rng.integers(len(train_windows), size=batch_size)
-        input_ids, attention_mask, labels = _batch([train_windows[i] for i in picks])
-        loss = lm(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(lm.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        if step % max(1, steps // 10) == 0 or step == steps - 1:
-            print(f"[token-lm] vocab {vocab_size:,} step {step + 1}/{steps} train CE {float(loss):.3f} nats",
-                  file=sys.stderr, flush=True)
-    train_seconds = time.time() - start
 
-    lm.eval()
-    test_windows = _windows(test_sequences, context, bos)
-    total_nats, total_tokens = 0.0, 0
-    with torch.no_grad():
-        for first in range(0, len(test_windows), 64):
-            input_ids, attention_mask, labels = _batch(test_windows[first:first + 64])
-            logits = lm(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1]
-            targets = labels[:, 1:]
-            nats = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                                                     ignore_index=-100, reduction="sum")
-            total_nats += float(nats)
-            total_tokens += int((targets != -100).sum())
-    lm_nats = total_nats / total_tokens
+    def train_loss(windows):
+        input_ids, attention_mask, labels = _batch(windows)
+        return lm(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
+
+    def summed_nats(windows):
+        input_ids, attention_mask, labels = _batch(windows)
+        logits = lm(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1]
+        targets = labels[:, 1:]
+        nats = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                                                 ignore_index=-100, reduction="sum")
+        return nats, int((targets != -100).sum())
+
+    train_seconds = _fit(lm, _windows(train_sequences, context, bos), train_loss, steps=steps, batch_size=batch_size,
+                         learning_rate=learning_rate, rng=rng, label=f"vocab {vocab_size:,}")
+    lm_nats = _test_nats(lm, _windows(test_sequences, context, bos), summed_nats)
 
     # Context-free baseline: add-one smoothed unigram of the train tokens over the full vocabulary.
     train_tokens = np.concatenate(train_sequences)
@@ -222,34 +240,16 @@ def train_and_score_factorised(train_codes, test_codes, num_codebooks: int, code
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     lm = FactorisedTokenLM(num_codebooks, codebook_size, context=context, hidden=hidden, layers=layers, heads=heads)
-    train_windows = _code_windows(train_codes, context)
-    optimizer = torch.optim.AdamW(lm.parameters(), lr=learning_rate, weight_decay=0.01)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=learning_rate, total_steps=steps,
-                                                   pct_start=0.05, anneal_strategy="cos")
-    start = time.time()
-    lm.train()
-    for step in range(steps):
-        picks = rng.integers(len(train_windows), size=batch_size)
-        nats, frames = _factorised_nats(lm, *_code_batch([train_windows[i] for i in picks]))
-        loss = nats / max(frames, 1)
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(lm.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        if step % max(1, steps // 10) == 0 or step == steps - 1:
-            print(f"[token-lm] factorised {num_codebooks} x {codebook_size} width {hidden} step {step + 1}/{steps}"
-                  f" train CE {float(loss.detach()):.3f} nats/frame", file=sys.stderr, flush=True)
-    train_seconds = time.time() - start
-    lm.eval()
-    test_windows = _code_windows(test_codes, context)
-    total_nats, total_frames = 0.0, 0
-    with torch.no_grad():
-        for first in range(0, len(test_windows), 64):
-            nats, frames = _factorised_nats(lm, *_code_batch(test_windows[first:first + 64]))
-            total_nats += float(nats)
-            total_frames += frames
-    lm_nats = total_nats / total_frames
+
+    def train_loss(windows):
+        nats, frames = _factorised_nats(lm, *_code_batch(windows))
+        return nats / max(frames, 1)
+
+    train_seconds = _fit(lm, _code_windows(train_codes, context), train_loss, steps=steps, batch_size=batch_size,
+                         learning_rate=learning_rate, rng=rng,
+                         label=f"factorised {num_codebooks} x {codebook_size} width {hidden} (per frame)")
+    lm_nats = _test_nats(lm, _code_windows(test_codes, context),
+                         lambda windows: _factorised_nats(lm, *_code_batch(windows)))
     return {
         "head": f"factorised ({num_codebooks} x {codebook_size} softmax)", "vocab_size": codebook_size ** num_codebooks,
         "lm_hidden": hidden, "lm_layers": layers, "train_frames": int(sum(c.shape[1] for c in train_codes)),
