@@ -13,7 +13,7 @@
 #    real recordings do not have; 1,526 steps bring validation log-mel L1 on the pack to 0.443.
 # 3b. (CPU, 1,200 s) The same on the 24-bit pack: at 16 bits the rounding noise fills the empty 4-8 kHz band of the
 #    8 kHz recordings, so after step 3 the tokenizer decoded that noise floor and scored log-mel L1 0.97 on the
-#    original validation files (0.39 on the pack); this step teaches it the true floor.
+#    original validation files (0.44 on the pack); this step teaches it the true floor.
 # 4. (CPU, 1,800 s + 2,100 s + 600 s, 4a beside 3) The previous checkpoint's vocoder fine-tuned on mels decoded
 #    from tokens (70 % of examples; 30 % true mels): on the previous tokenizer's codes (4a), then on step 3's (4b), then
 #    on step 3b's on the 24-bit pack (4c).
