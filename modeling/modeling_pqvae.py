@@ -82,10 +82,17 @@ class PQVAEOutput(ModelOutput):
     frame_mask (`torch.LongTensor` of shape `(batch_size, num_frames)`).
     mel (`torch.FloatTensor` of shape `(batch_size, num_mel_bins, num_frames)`): reconstruction from z_q.
     target_mel (`torch.FloatTensor` of shape `(batch_size, num_mel_bins, num_frames)`): log-mel of the input.
-    codebook_usage (`torch.FloatTensor` of shape `(num_codebooks,)`): fraction of each sub-codebook used in this
-        batch's valid frames.
-    codebook_perplexity (`torch.FloatTensor` of shape `(num_codebooks,)`): perplexity of each sub-codebook in
-        this batch. Use `CodebookStatistics` to accumulate over a whole data set.
+    codebook_usage (`torch.FloatTensor` of shape `(num_codebooks,)`, *training only*): fraction of each
+        sub-codebook used in this batch's valid frames.
+    codebook_perplexity (`torch.FloatTensor` of shape `(num_codebooks,)`, *training only*): perplexity of each
+        sub-codebook in this batch. Both are statistics of the whole batch, so they are returned in training mode
+        only (to watch for collapse): in eval mode every output of an example is independent of the rest of its
+        batch. Use `CodebookStatistics` to accumulate usage over a whole data set.
+    encoder_hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned when `output_hidden_states=True`):
+        the encoder's input embedding (after its input conv and LayerNorm) and the output of each ConvNeXt block,
+        `num_encoder_layers + 1` tensors of shape `(batch_size, num_frames, hidden_size)`.
+    decoder_hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned when `output_hidden_states=True`):
+        the same for the decoder fed the quantized latents z_q, `num_decoder_layers + 1` tensors.
     """
 
     loss: torch.FloatTensor | None = None
@@ -100,6 +107,8 @@ class PQVAEOutput(ModelOutput):
     target_mel: torch.FloatTensor | None = None
     codebook_usage: torch.FloatTensor | None = None
     codebook_perplexity: torch.FloatTensor | None = None
+    encoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    decoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -248,14 +257,29 @@ class ConvNeXtStack(nn.Module):
         self.norm_out = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.proj_out = nn.Linear(config.hidden_size, out_dim)
 
-    def forward(self, features: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, features: torch.Tensor, frame_mask: torch.Tensor,
+                hidden_states: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """`hidden_states`: a list that, when given, receives the input embedding and each block's output as
+        (B, F, hidden_size) tensors (transformers' layout for `output_hidden_states`)."""
         features = features.to(self.conv_in.weight.dtype)  # float32 front-end / quantizer output -> model dtype
         mask = frame_mask[:, None, :].to(features.dtype)
         hidden = self.conv_in(features * mask)
         hidden = self.norm_in(hidden.transpose(1, 2)).transpose(1, 2)
         for block in self.blocks:
+            hidden = self._record(hidden, hidden_states)
             hidden = block(hidden, mask)
+        hidden = self._record(hidden, hidden_states)
         return self.proj_out(self.norm_out(hidden.transpose(1, 2)))
+
+    @staticmethod
+    def _record(hidden: torch.Tensor, hidden_states: list[torch.Tensor] | None) -> torch.Tensor:
+        """Appends `hidden` (B, C, F) to `hidden_states` as a (B, F, C) view and continues from that view, so the
+        recorded tensor is on the graph (its `.grad` is filled by backward) at no copy."""
+        if hidden_states is None:
+            return hidden
+        per_frame = hidden.transpose(1, 2)
+        hidden_states.append(per_frame)
+        return per_frame.transpose(1, 2)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -275,7 +299,8 @@ class PQVAEPreTrainedModel(PreTrainedAudioTokenizerBase):
     accepts_loss_kwargs = False
     # `from_pretrained(..., dtype=torch.bfloat16 / torch.float16)` loads encoder, decoder and vocoder in that dtype
     # but the codebooks and their statistics in float32; the front-end and the quantizer also compute in float32.
-    _keep_in_fp32_modules_strict = ["front_end", "quantizer"]
+    # (The front-end has no weights to load: its non-persistent buffers stay float32 through `LogMelSpectrogram._apply`.)
+    _keep_in_fp32_modules_strict = ["quantizer"]
 
     @torch.no_grad()
     def _init_weights(self, module):
@@ -433,14 +458,17 @@ class PQVAEModel(PQVAEPreTrainedModel):
 
     # ---------------------------------------------------------------- building blocks
 
-    def _encode_latents(self, waveform: torch.Tensor, frame_mask: torch.Tensor):
-        """waveform (B, T) -> (target log-mel (B, n_mels, F), latents z_e (B, F, D))."""
+    def _encode_latents(self, waveform: torch.Tensor, frame_mask: torch.Tensor,
+                        hidden_states: list[torch.Tensor] | None = None):
+        """waveform (B, T) -> (target log-mel (B, n_mels, F), latents z_e (B, F, D)); see `ConvNeXtStack.forward`
+        for `hidden_states`."""
         log_mel = self.front_end(waveform)
-        return log_mel, self.encoder(log_mel, frame_mask)
+        return log_mel, self.encoder(log_mel, frame_mask, hidden_states)
 
-    def _decode_latents(self, latents: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
+    def _decode_latents(self, latents: torch.Tensor, frame_mask: torch.Tensor,
+                        hidden_states: list[torch.Tensor] | None = None) -> torch.Tensor:
         """latents (B, F, D) -> predicted log-mel (B, n_mels, F)."""
-        return self.decoder(latents.transpose(1, 2), frame_mask).transpose(1, 2)
+        return self.decoder(latents.transpose(1, 2), frame_mask, hidden_states).transpose(1, 2)
 
     def _mel_loss(self, prediction: torch.Tensor, target: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
         prediction, target = prediction.float(), target.float()  # a float32 loss, whatever the decoder's dtype
@@ -530,6 +558,7 @@ class PQVAEModel(PQVAEPreTrainedModel):
         input_values: torch.Tensor,
         padding_mask: torch.Tensor | None = None,
         return_dict: bool | None = None,
+        output_hidden_states: bool | None = None,
         **kwargs,
     ) -> PQVAEOutput | tuple:
         r"""
@@ -539,6 +568,8 @@ class PQVAEModel(PQVAEPreTrainedModel):
         Args:
             input_values (`torch.FloatTensor` of shape `(batch_size, 1, num_samples)`).
             padding_mask (`torch.Tensor` of shape `(batch_size, num_samples)`, *optional*).
+            output_hidden_states (`bool`, *optional*): also return `encoder_hidden_states` and
+                `decoder_hidden_states` (default: `config.output_hidden_states`).
             kwargs: only what `transformers.Trainer` may pass (`num_items_in_batch`, ignored); anything else is a
                 TypeError, so a misspelt `padding_mask` cannot be dropped silently.
         """
@@ -546,24 +577,31 @@ class PQVAEModel(PQVAEPreTrainedModel):
         if unknown:
             raise TypeError(
                 f"{type(self).__name__}.forward() got unexpected keyword argument(s) {unknown}; it takes"
-                f" input_values, padding_mask and return_dict."
+                f" input_values, padding_mask, return_dict and output_hidden_states."
             )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
+        encoder_hidden_states = [] if output_hidden_states else None
+        decoder_hidden_states = [] if output_hidden_states else None
         waveform, frame_mask = self._prepare_audio(input_values, padding_mask, on_device=self.training)
-        target_mel, latents = self._encode_latents(waveform, frame_mask)
+        target_mel, latents = self._encode_latents(waveform, frame_mask, encoder_hidden_states)
         with_entropy_loss = self.training and self.config.entropy_loss_weight > 0
         quantized = self.quantizer(latents, frame_mask, with_entropy_loss=with_entropy_loss)
         entropy_loss = quantized.entropy_loss if with_entropy_loss else torch.zeros((), device=latents.device)
 
         dual = self.config.dual_decoding_weight > 0
-        # One decoder pass over [z_q; z_e] is cheaper than two passes.
-        decoder_input = torch.cat([quantized.quantized, quantized.latents]) if dual else quantized.quantized
-        decoder_mask = torch.cat([frame_mask, frame_mask]) if dual else frame_mask
-        predictions = self._decode_latents(decoder_input, decoder_mask)
-        mel = predictions[: waveform.shape[0]]
+        if dual and not output_hidden_states:
+            # One decoder pass over [z_q; z_e] is cheaper than two passes.
+            predictions = self._decode_latents(torch.cat([quantized.quantized, quantized.latents]),
+                                               torch.cat([frame_mask, frame_mask]))
+            mel, dual_mel = predictions.chunk(2)
+        else:  # z_q alone through the decoder, so its hidden states are the tensors the loss flows through
+            mel = self._decode_latents(quantized.quantized, frame_mask, decoder_hidden_states)
+            dual_mel = self._decode_latents(quantized.latents, frame_mask) if dual else None
         reconstruction_loss = self._mel_loss(mel, target_mel, frame_mask)
         if dual:
-            dual_reconstruction_loss = self._mel_loss(predictions[waveform.shape[0]:], target_mel, frame_mask)
+            dual_reconstruction_loss = self._mel_loss(dual_mel, target_mel, frame_mask)
         else:
             dual_reconstruction_loss = torch.zeros((), device=mel.device)
         loss = (
@@ -573,7 +611,7 @@ class PQVAEModel(PQVAEPreTrainedModel):
             + self.config.commitment_weight * quantized.commitment_loss
             + self.config.entropy_loss_weight * entropy_loss
         )
-        usage, perplexity = self._batch_code_statistics(quantized.codes, frame_mask)
+        usage, perplexity = self._batch_code_statistics(quantized.codes, frame_mask) if self.training else (None, None)
         output = PQVAEOutput(
             loss=loss,
             reconstruction_loss=reconstruction_loss.detach(),
@@ -587,6 +625,8 @@ class PQVAEModel(PQVAEPreTrainedModel):
             target_mel=target_mel,
             codebook_usage=usage,
             codebook_perplexity=perplexity,
+            encoder_hidden_states=tuple(encoder_hidden_states) if output_hidden_states else None,
+            decoder_hidden_states=tuple(decoder_hidden_states) if output_hidden_states else None,
         )
         return output if return_dict else output.to_tuple()
 
