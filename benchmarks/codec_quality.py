@@ -491,6 +491,14 @@ def summarize(records: list[dict], clips: ClipSet) -> dict:
             entry["per_source"][source] = {m: _mean([record["scores"][m][i] for i in common[m]
                                                      if clips.sources[i] == source]) for m in METRICS}
         systems.append(entry)
+    # Paired differences (ours minus each Codec2 mode, clip by clip over the same common clips): the standard error
+    # of a difference of means from two separate standard errors overstates it when both systems find the same
+    # clips hard.
+    paired = []
+    for ours in (r for r in records if r["family"] == "pqvae"):
+        for codec in (r for r in records if r["family"] == "codec2"):
+            paired.append({"system": ours["name"], "baseline": codec["name"], "difference": {
+                m: _mean([ours["scores"][m][i] - codec["scores"][m][i] for i in common[m]]) for m in METRICS}})
     return {
         "clips": num_clips,
         "audio_seconds": round(sum(seconds), 2),
@@ -499,6 +507,7 @@ def summarize(records: list[dict], clips: ClipSet) -> dict:
         "common_clips": {m: len(common[m]) for m in METRICS},
         "excluded": excluded,
         "systems": systems,
+        "paired_differences": paired,
     }
 
 
@@ -551,6 +560,20 @@ def to_markdown(results: dict) -> str:
         f" floored {INDEPENDENT_MEL['dynamic_range_db']:g} dB below the reference's peak (lower is better).",
         "",
     ]
+    if summary.get("paired_differences"):
+        lines += ["## PQ-VAE minus Codec2, paired clip by clip", "",
+                  "Mean difference over the same clips as above +- its standard error (of the per-clip differences);"
+                  " positive STOI / PESQ-WB and negative log-mel distance favour PQ-VAE.", "",
+                  "| system | baseline | STOI | PESQ-WB | log-mel dist. (dB) |", "|---|---|---|---|---|"]
+        for row in summary["paired_differences"]:
+            cells = []
+            for metric, digits in (("stoi", 3), ("pesq_wb", 3), ("log_mel_db", 2)):
+                value = row["difference"][metric]
+                error = value["standard_error"]
+                cells.append("-" if value["mean"] is None else
+                             f"{value['mean']:+.{digits}f}" + ("" if error is None else f" +- {error:.{digits}f}"))
+            lines.append(f"| {row['system']} | {row['baseline']} | " + " | ".join(cells) + " |")
+        lines.append("")
     sources = list(summary["clips_per_source"])
     if len(sources) > 1:
         lines.append("## Per source")
