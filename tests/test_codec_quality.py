@@ -156,6 +156,20 @@ def test_quick_mode_end_to_end_on_real_speech(tmp_path):
         assert abs(systems["Opus 6 kbit/s"]["delay"]["lag_ms"]) <= 1  # opusdec removes Opus's pre-skip
         assert ceiling["metrics"]["stoi"]["mean"] > systems["Codec2 700C"]["metrics"]["stoi"]["mean"]
         assert systems["Codec2 3200"]["metrics"]["stoi"]["mean"] > systems["Codec2 700C"]["metrics"]["stoi"]["mean"]
+        # Paired differences: ours minus each Codec2 mode, clip by clip; their mean is the difference of the means.
+        records = [json.loads(path.read_text()) for path in (output / "systems").glob("*.json")]
+        records = {record["name"]: record for record in records}
+        paired = {(row["system"], row["baseline"]): row["difference"] for row in summary["paired_differences"]}
+        assert len(paired) == 2 * 3  # 2 token systems x 3 Codec2 modes; ceilings and Opus are not paired
+        difference = paired[(ours[0], "Codec2 1300")]["pesq_wb"]
+        clips = [i for i in range(4) if i != short]
+        per_clip = [records[ours[0]]["scores"]["pesq_wb"][i] - records["Codec2 1300"]["scores"]["pesq_wb"][i]
+                    for i in clips]
+        assert difference["clips"] == 3 and difference["mean"] == pytest.approx(np.mean(per_clip))
+        assert difference["standard_error"] == pytest.approx(np.std(per_clip, ddof=1) / np.sqrt(3))
+        assert difference["mean"] == pytest.approx(systems[ours[0]]["metrics"]["pesq_wb"]["mean"]
+                                                   - systems["Codec2 1300"]["metrics"]["pesq_wb"]["mean"])
+        assert "paired clip by clip" in (output / "results.md").read_text()
     for name in ("results.md", "quality_vs_bitrate.png"):
         assert (output / name).stat().st_size > 2000, name
     assert json.loads((output / "clips.json").read_text())["file_name"] == names
