@@ -191,3 +191,24 @@ def test_factorised_token_lm_is_causal_and_scores_every_sub_code():
     result = token_lm.train_and_score_factorised(train, train, 2, 16, steps=60, hidden=32, layers=1, heads=2,
                                                  learning_rate=1e-2)
     assert result["max_bits_per_frame"] == 8 and result["test_bits_per_frame"] < 6.5
+
+
+def test_converged_targets_call_a_gap_inside_the_seed_spread_a_tie():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import index_collapse_converged as converged
+
+    def row(method, l1, usage=(1.0, 1.0), perplexity=(200.0, 210.0)):
+        split = {"log_mel_l1": l1, "codebook_usage_fraction": list(usage), "codebook_perplexity": list(perplexity)}
+        return {"method": method, "composite_size": 65536, "test": split, "validation": split}
+
+    by_variant = {"PQ-2x256+DD": [row("PQ+DD", 0.534), row("PQ+DD", 0.557)],  # mean 0.5455, std 0.016
+                  "VQ-2^16": [row("VQ", 0.549), row("VQ", 0.553)],            # mean 0.551: inside 2 x 0.016
+                  "PQ-2x256": [row("PQ", 0.597), row("PQ", 0.600)],           # 0.053 worse: beyond the spread
+                  "FSQ": [row("FSQ", 0.500)]}                                  # better, one seed each side
+    lines = {line.split(" | ")[0].lstrip("| "): line for line in converged.targets(by_variant)[5:]}
+    assert lines["test mel L1 <= VQ-2^16"].endswith("| tie (not shown either way) |")
+    assert "within the seed spread" in lines["test mel L1 <= VQ-2^16"]
+    assert lines["test mel L1 <= PQ-2x256"].endswith("| yes |")
+    assert lines["test mel L1 <= FSQ"].endswith("| **no** |")
+    assert lines[">= 99 % of every sub-codebook used (test)"].endswith("| yes |")
+    assert lines["sub-perplexity >= 0.8 N (test)"].endswith("| **no** |")  # 200 / 256 = 0.78 N
