@@ -458,7 +458,17 @@ def aggregate(rows: list[dict]) -> dict:
     return summary
 
 
+def report_scope(args) -> argparse.Namespace:
+    """The whole grid at the default seeds plus any asked for: a process run with `--variants` / `--seeds` (one of
+    two sharing the grid) must not narrow the report to its own share and call the rest finished."""
+    scope = argparse.Namespace(**vars(args))
+    scope.variants = None
+    scope.seeds = sorted(set(args.seeds) | set([0] if args.quick else SEEDS))
+    return scope
+
+
 def report(args) -> dict:
+    args = report_scope(args)
     variant_dir = os.path.join(args.output_dir, "variants")
     rows, histograms, running, pending = [], {}, [], []
     for name, method, _, seed in pairs(args):
