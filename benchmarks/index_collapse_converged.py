@@ -579,10 +579,15 @@ def to_markdown(summary: dict, by_variant: dict) -> str:
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     if summary.get("token_lm"):
         lines += ["", "## Token LM (tiny GPT-2 on train-split composite ids, scored on the test split)", "",
-                  "| tokenizer | head | vocabulary | LM parameters | test bits / frame | test bits / s | LM train s |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| tokenizer | head | sized as | vocabulary | LM width x layers | LM parameters | test bits / frame |"
+                  " test bits / s | LM train s |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        sized_as = {"factorised-same-width": "the joint LM's width", "factorised-same-parameters":
+                    "the joint LM's parameter count", "joint": "-"}
         for row in summary["token_lm"]:
-            lines.append(f"| {row['name']} | {row.get('head', 'joint')} | {row['vocab_size']:,} |"
+            kind = row.get("head_kind", "joint")
+            lines.append(f"| {row['name']} | {row.get('head', 'joint')} | {sized_as.get(kind, kind)} |"
+                         f" {row['vocab_size']:,} | {row.get('lm_hidden', '-')} x {row.get('lm_layers', '-')} |"
                          f" {row['lm_parameters'] / 1e6:.2f} M | {row['test_bits_per_frame']:.2f} |"
                          f" {row['test_bits_per_second']:.0f} | {row['lm_train_seconds']:.0f} |")
     lines += ["", "## Not finished yet", ""]

@@ -133,6 +133,7 @@ def train_and_score(train_sequences, test_sequences, vocab_size: int, *, steps: 
     seen = np.bincount(train_tokens, minlength=vocab_size) > 0
     return {
         "vocab_size": vocab_size,
+        "lm_hidden": hidden, "lm_layers": layers,
         "train_tokens": int(train_tokens.size),
         "test_tokens": int(test_tokens.size),
         "distinct_train_tokens": int(seen.sum()),
