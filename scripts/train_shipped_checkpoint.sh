@@ -72,39 +72,30 @@ finished runs/cpu/voc_new_tok_finetune || \
   --tokenizer runs/cpu/tok_real_finetune \
   --init_vocoder runs/cpu/voc_shipped_tok_finetune/vocoder --time_budget_s 2100 --learning_rate 1.5e-4
 
-# 3b. The tokenizer on the 24-bit pack (its final evaluation also reads the original validation files).
+# Stages 3b-3d and 4c-4e all run on the 24-bit pack and differ only in the run they continue and their time budget.
+# tokenizer24 OUTPUT INIT_FROM SECONDS: the tokenizer continued (its final evaluation also reads the original
+# validation files). vocoder24 OUTPUT TOKENIZER INIT_VOCODER SECONDS: the vocoder on that tokenizer's decoded mels.
 COMMON24="--pack_dir data/packed_flac --cache_dir runs/cpu/decoded24 --device cpu --num_workers 1 --max_steps 100000"
-finished runs/cpu/tok_real_finetune24 || \
-  $TRAIN tokenizer $COMMON24 --resume --output_dir runs/cpu/tok_real_finetune24 --init_from runs/cpu/tok_real_finetune \
-  --time_budget_s 1200 --batch_size 16 --crop_seconds 2.0 --learning_rate 1e-4 --warmup_steps 50 \
-  --logging_steps 100 --eval_steps 100000 --corpus_dir "$CORPUS"
-# 4c. The vocoder on step 3b's decoded mels.
-finished runs/cpu/voc_tok24_finetune || \
-  $TRAIN vocoder $COMMON24 $VOCODER_ARGS --output_dir runs/cpu/voc_tok24_finetune \
-  --tokenizer runs/cpu/tok_real_finetune24 \
-  --init_vocoder runs/cpu/voc_new_tok_finetune/vocoder --time_budget_s 600 --learning_rate 1e-4
-# 3c. The tokenizer continued on the 24-bit pack (3b's training loss was still falling).
-finished runs/cpu/tok_real_finetune24b || \
-  $TRAIN tokenizer $COMMON24 --resume --output_dir runs/cpu/tok_real_finetune24b \
-  --init_from runs/cpu/tok_real_finetune24 \
-  --time_budget_s 2700 --batch_size 16 --crop_seconds 2.0 --learning_rate 1e-4 --warmup_steps 50 \
-  --logging_steps 100 --eval_steps 100000 --corpus_dir "$CORPUS"
-# 4d. The vocoder on step 3c's decoded mels.
-finished runs/cpu/voc_tok24b_finetune || \
-  $TRAIN vocoder $COMMON24 $VOCODER_ARGS --output_dir runs/cpu/voc_tok24b_finetune \
-  --tokenizer runs/cpu/tok_real_finetune24b \
-  --init_vocoder runs/cpu/voc_tok24_finetune/vocoder --time_budget_s 900 --learning_rate 1e-4
-# 3d. The tokenizer continued once more (3c's training loss was still falling).
-finished runs/cpu/tok_real_finetune24c || \
-  $TRAIN tokenizer $COMMON24 --resume --output_dir runs/cpu/tok_real_finetune24c \
-  --init_from runs/cpu/tok_real_finetune24b \
-  --time_budget_s 2700 --batch_size 16 --crop_seconds 2.0 --learning_rate 1e-4 --warmup_steps 50 \
-  --logging_steps 100 --eval_steps 100000 --corpus_dir "$CORPUS"
-# 4e. The vocoder on step 3d's decoded mels.
-finished runs/cpu/voc_tok24c_finetune || \
-  $TRAIN vocoder $COMMON24 $VOCODER_ARGS --output_dir runs/cpu/voc_tok24c_finetune \
-  --tokenizer runs/cpu/tok_real_finetune24c \
-  --init_vocoder runs/cpu/voc_tok24b_finetune/vocoder --time_budget_s 900 --learning_rate 1e-4
+tokenizer24() {
+  finished "runs/cpu/$1" || \
+    $TRAIN tokenizer $COMMON24 --resume --output_dir "runs/cpu/$1" --init_from "runs/cpu/$2" \
+    --time_budget_s "$3" --batch_size 16 --crop_seconds 2.0 --learning_rate 1e-4 --warmup_steps 50 \
+    --logging_steps 100 --eval_steps 100000 --corpus_dir "$CORPUS"
+}
+vocoder24() {
+  finished "runs/cpu/$1" || \
+    $TRAIN vocoder $COMMON24 $VOCODER_ARGS --output_dir "runs/cpu/$1" --tokenizer "runs/cpu/$2" \
+    --init_vocoder "runs/cpu/$3/vocoder" --time_budget_s "$4" --learning_rate 1e-4
+}
+# 3b. The tokenizer on the 24-bit pack; 4c. the vocoder on its decoded mels.
+tokenizer24 tok_real_finetune24 tok_real_finetune 1200
+vocoder24 voc_tok24_finetune tok_real_finetune24 voc_new_tok_finetune 600
+# 3c. The tokenizer continued (3b's training loss was still falling); 4d. the vocoder on its decoded mels.
+tokenizer24 tok_real_finetune24b tok_real_finetune24 2700
+vocoder24 voc_tok24b_finetune tok_real_finetune24b voc_tok24_finetune 900
+# 3d. The tokenizer continued once more (3c's training loss was still falling); 4e. the vocoder on its decoded mels.
+tokenizer24 tok_real_finetune24c tok_real_finetune24b 2700
+vocoder24 voc_tok24c_finetune tok_real_finetune24c voc_tok24b_finetune 900
 
 # 5. Merge, evaluate on the test split, score against Codec2 / Opus (benchmarks/codec_quality.py; the baselines'
 #    cached scores are committed), then write the model card with that section.
