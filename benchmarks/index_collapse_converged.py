@@ -60,6 +60,11 @@ TOKEN_LM_SEED = 0  # the seed whose tokenizers are saved for the token-LM stage 
 PLAIN = dict(use_ema=False, kmeans_init=False, dead_code_threshold=0.0, entropy_loss_weight=0.0)
 
 
+def default_seeds(quick: bool) -> list[int]:
+    """Seeds of the grid when --seeds is not given (the quick smoke run: one)."""
+    return [0] if quick else list(SEEDS)
+
+
 def fair_remedies(codebook_size: int, args) -> dict:
     """The remedies every one of our quantizers gets, scaled by its codebook size N (see the module docstring)."""
     return dict(
@@ -463,7 +468,7 @@ def report_scope(args) -> argparse.Namespace:
     two sharing the grid) must not narrow the report to its own share and call the rest finished."""
     scope = argparse.Namespace(**vars(args))
     scope.variants = None
-    scope.seeds = sorted(set(args.seeds) | set([0] if args.quick else SEEDS))
+    scope.seeds = sorted(set(args.seeds) | set(default_seeds(args.quick)))
     return scope
 
 
@@ -780,7 +785,7 @@ def parse_args(argv=None):
         args.stage = "report"
     quick = args.quick
     defaults = dict(batch_size=4 if quick else 16, crop_seconds=1.0 if quick else 2.0,
-                    restart_interval=4 if quick else 50, steps=16 if quick else 2000, seeds=[0] if quick else list(SEEDS), val_every=8 if quick else 250,
+                    restart_interval=4 if quick else 50, steps=16 if quick else 2000, seeds=default_seeds(quick), val_every=8 if quick else 250,
                     val_clips=6 if quick else 64, init_frames=256 if quick else 65536,
                     replay_frames=1024 if quick else 65536, min_usage_window=512 if quick else 131072,
                     freeze_steps=4 if quick else 200, lm_steps=10 if quick else 300,
