@@ -172,8 +172,9 @@ class LogMelSpectrogram(nn.Module):
 class GriffinLim(nn.Module):
     """Weight-free vocoder: log-mel (B, num_mel_bins, F) -> waveform (B, (F - 1) * hop_length).
 
-    Magnitudes are recovered with the filterbank's pseudo-inverse, then phases by Griffin-Lim with momentum
-    (Perraud et al. 2013). A neural vocoder can replace this module without touching the tokenizer. With a
+    Magnitudes are recovered with the filterbank's pseudo-inverse (`magnitude`), then phases by Griffin-Lim with
+    momentum (Perraud et al. 2013; `retrieve_phase`, which also accepts any magnitude and a starting phase, e.g. a
+    neural vocoder's, for diagnostics). A neural vocoder can replace this module without touching the tokenizer. With a
     `frame_mask` (B, F), each example is reconstructed from its own valid frames, as alone, and zero-padded.
     """
 
@@ -196,15 +197,26 @@ class GriffinLim(nn.Module):
                 audio = self(example[None, :, :valid])[0]
                 outputs.append(F.pad(audio, (0, length - audio.shape[-1])))
             return torch.stack(outputs)
+        length = (log_mel.shape[-1] - 1) * self.front_end[0].hop_length
+        return self.retrieve_phase(self.magnitude(log_mel), length)
+
+    def magnitude(self, log_mel: torch.Tensor) -> torch.Tensor:
+        """log-mel (B, M, F) -> linear STFT magnitude estimate (B, K, F) float32: the filterbank's pseudo-inverse."""
+        pseudo_inverse = torch.linalg.pinv(self.front_end[0].mel_filters.double()).float()
+        return (pseudo_inverse @ torch.exp(log_mel.float())).clamp_min(0.0)
+
+    def retrieve_phase(self, magnitude: torch.Tensor, length: int,
+                       initial_phase: torch.Tensor | None = None) -> torch.Tensor:
+        """Fast Griffin-Lim: STFT magnitude (B, K, F) -> waveform (B, length) whose STFT magnitude approaches it.
+
+        Starts from `initial_phase` (B, K, F) when given (e.g. a neural vocoder's), else from seeded random phases."""
         front = self.front_end[0]
-        magnitude = torch.linalg.pinv(front.mel_filters.double()).float() @ torch.exp(log_mel.float())
-        magnitude = magnitude.clamp_min(0.0)
         stft = dict(n_fft=front.n_fft, hop_length=front.hop_length, win_length=front.win_length, window=front.window,
                     center=True)
-        length = (log_mel.shape[-1] - 1) * front.hop_length
-        generator = torch.Generator(device="cpu").manual_seed(0)
-        phase = torch.rand(magnitude.shape, generator=generator).to(magnitude.device) * 2 * math.pi
-        spec = magnitude * torch.exp(1j * phase)
+        if initial_phase is None:
+            generator = torch.Generator(device="cpu").manual_seed(0)
+            initial_phase = torch.rand(magnitude.shape, generator=generator).to(magnitude.device) * 2 * math.pi
+        spec = magnitude * torch.exp(1j * initial_phase)
         previous = torch.zeros_like(spec)
         for _ in range(self.num_iters):
             audio = torch.istft(spec, length=length, **stft)
