@@ -51,11 +51,6 @@ INPUTS = ("true mel", "token mel")
 METRICS = ("stoi", "pesq_wb", "log_mel_db")
 
 
-def _stft_magnitude(front_end, waveform: torch.Tensor) -> torch.Tensor:
-    return torch.stft(waveform, front_end.n_fft, hop_length=front_end.hop_length, win_length=front_end.win_length,
-                      window=front_end.window, center=True, return_complex=True).abs()
-
-
 def magnitude_errors(front_end, estimate: torch.Tensor, target: torch.Tensor, log_floor: float) -> dict:
     """Spectral convergence and log-mel L1 of a magnitude estimate (1, K, F) against the true magnitude (1, K, F)."""
     frames = min(estimate.shape[-1], target.shape[-1])
@@ -87,9 +82,9 @@ def diagnose_clip(model, griffin_lim, audio: np.ndarray, log_mel: torch.Tensor) 
         "mel-inverse magnitude + Griffin-Lim from neural phase": griffin_lim.retrieve_phase(mel_inverse, length,
                                                                                             neural_phase),
     }
-    true_magnitude = _stft_magnitude(front_end, torch.from_numpy(audio)[None])
+    true_magnitude = front_end.magnitude(torch.from_numpy(audio)[None])  # the STFT the mel is made from
     magnitudes = {"mel pseudo-inverse": mel_inverse, "network's predicted magnitude": neural_magnitude,
-                  "magnitude of the network's output": _stft_magnitude(front_end, neural_output)}
+                  "magnitude of the network's output": front_end.magnitude(neural_output)}
     floor = model.config.log_floor
     errors = {name: magnitude_errors(front_end, value, true_magnitude, floor) for name, value in magnitudes.items()}
     return {name: w[0].numpy().astype(np.float32) for name, w in waveforms.items()}, errors
