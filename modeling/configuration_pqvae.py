@@ -12,6 +12,7 @@ from transformers import PreTrainedConfig
 QUANTIZER_TYPES = ("pq", "vq", "rvq")
 DEAD_CODE_THRESHOLD_MODES = ("relative", "absolute")
 VOCODERS = ("neural", "griffin_lim", "none")
+VOCODER_MAGNITUDE_PRIORS = ("none", "mel_pseudo_inverse")
 SUBSPACE_ROTATIONS = ("none", "opq")
 
 
@@ -114,6 +115,9 @@ class PQVAEConfig(PreTrainedConfig):
             `"none"` (log-mel only).
         vocoder_hidden_size / vocoder_intermediate_size / vocoder_num_layers (`int`, defaults to 256 / 768 / 6):
             size of the neural vocoder's ConvNeXt backbone.
+        vocoder_magnitude_prior (`str`, defaults to `"none"`): `"mel_pseudo_inverse"` makes the neural vocoder predict
+            a log-magnitude correction to the mel filterbank's pseudo-inverse (Griffin-Lim's magnitude) instead of
+            the whole log-magnitude; `"none"` predicts it directly.
         griffin_lim_iters (`int`, defaults to 32).
     """
 
@@ -168,6 +172,7 @@ class PQVAEConfig(PreTrainedConfig):
     vocoder_hidden_size: int = 256
     vocoder_intermediate_size: int = 768
     vocoder_num_layers: int = 6
+    vocoder_magnitude_prior: str = "none"
     griffin_lim_iters: int = 32
 
     def __post_init__(self, **kwargs):
@@ -281,6 +286,9 @@ class PQVAEConfig(PreTrainedConfig):
             )
         if self.vocoder not in VOCODERS:
             raise ValueError(f"`vocoder` must be one of {VOCODERS}, got {self.vocoder!r}.")
+        if self.vocoder_magnitude_prior not in VOCODER_MAGNITUDE_PRIORS:
+            raise ValueError(f"`vocoder_magnitude_prior` must be one of {VOCODER_MAGNITUDE_PRIORS}, got"
+                             f" {self.vocoder_magnitude_prior!r}.")
 
     @classmethod
     def from_dict(cls, config_dict: dict, **kwargs):

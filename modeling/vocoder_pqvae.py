@@ -20,6 +20,33 @@ from .configuration_pqvae import PQVAEConfig
 from .quantization_pqvae import keep_float32
 
 
+def mel_filterbank(config: PQVAEConfig) -> torch.Tensor:
+    """Triangular HTK-scale mel filters without area normalisation, (num_mel_bins, n_fft // 2 + 1).
+
+    The front end's filterbank; it lives here because the vocoder inverts it too (modeling_pqvae imports it)."""
+    fmax = config.mel_fmax if config.mel_fmax is not None else config.sampling_rate / 2
+    num_bins = config.n_fft // 2 + 1
+    freqs = torch.linspace(0, config.sampling_rate / 2, num_bins, dtype=torch.float64)
+
+    def hz_to_mel(hz: float) -> float:
+        return 2595.0 * math.log10(1.0 + hz / 700.0)
+
+    mel_points = torch.linspace(hz_to_mel(config.mel_fmin), hz_to_mel(fmax), config.num_mel_bins + 2,
+                                dtype=torch.float64)
+    hz_points = 700.0 * (10 ** (mel_points / 2595.0) - 1.0)
+    lower, center, upper = hz_points[:-2, None], hz_points[1:-1, None], hz_points[2:, None]
+    rising = (freqs[None] - lower) / (center - lower)
+    falling = (upper - freqs[None]) / (upper - center)
+    return torch.clamp(torch.minimum(rising, falling), min=0.0).float()
+
+
+def mel_pseudo_inverse_magnitude(log_mel: torch.Tensor, pseudo_inverse: torch.Tensor) -> torch.Tensor:
+    """log-mel (B, M, F) -> linear STFT magnitude estimate (B, K, F) float32, through the filterbank's Moore-Penrose
+    pseudo-inverse (K, M): the least-squares magnitude whose mel is the input, negative values clipped to 0. Griffin-Lim
+    starts from it, and so does the neural vocoder with `vocoder_magnitude_prior="mel_pseudo_inverse"`."""
+    return (pseudo_inverse.float() @ torch.exp(log_mel.float())).clamp_min(0.0)
+
+
 class VocoderConvNeXtBlock(nn.Module):
     """Depthwise conv -> LayerNorm -> pointwise MLP (GELU), residual with layer scale. (B, C, F) -> (B, C, F).
 
@@ -50,7 +77,13 @@ class PQVAEVocoder(nn.Module):
 
     Args:
         config ([`PQVAEConfig`]): uses `n_fft`, `hop_length`, `win_length`, `num_mel_bins`, `kernel_size`,
-            `layer_norm_eps`, `vocoder_hidden_size`, `vocoder_intermediate_size` and `vocoder_num_layers`.
+            `layer_norm_eps`, `vocoder_hidden_size`, `vocoder_intermediate_size`, `vocoder_num_layers` and
+            `vocoder_magnitude_prior` (with `"mel_pseudo_inverse"` also the mel settings and `log_floor`).
+
+    With `vocoder_magnitude_prior="mel_pseudo_inverse"` the network's log-magnitude output is a correction added to the
+    log of the mel's pseudo-inverse magnitude (what Griffin-Lim uses), instead of the whole log-magnitude: a network
+    whose magnitude rows are zero (`reset_magnitude_correction`) outputs exactly that magnitude, so training starts
+    from a magnitude that is already as close to the true one as the mel allows by least squares.
 
     The input is the natural-log mel magnitude of [`LogMelSpectrogram`] (centred STFT, F = T // hop + 1 frames); the
     output has `(F - 1) * hop_length` samples, the same length as the Griffin-Lim vocoder. Every layer acts per frame
@@ -80,21 +113,51 @@ class PQVAEVocoder(nn.Module):
             for _ in range(config.vocoder_num_layers)
         )
         self.norm_out = nn.LayerNorm(channels, eps=config.layer_norm_eps)
-        # Per frame: K log-magnitudes followed by K phases.
+        # Per frame: K log-magnitudes (or, with a magnitude prior, K log-magnitude corrections) followed by K phases.
         self.proj_out = nn.Linear(channels, 2 * self.num_freq_bins)
         # The inverse STFT runs in float32 (its window stays float32 when the model is cast to half precision).
         self.register_buffer("window", torch.hann_window(config.win_length, dtype=torch.float32), persistent=False)
+        self.magnitude_prior = config.vocoder_magnitude_prior
+        self.log_floor = config.log_floor
+        self._config = config  # rebuilds the filterbank's pseudo-inverse in `reset_buffers`
+        if self.magnitude_prior == "mel_pseudo_inverse":
+            # Non-persistent: recomputed from the config, so checkpoints do not carry it (K x M float32).
+            self.register_buffer("mel_inverse", self._mel_inverse(), persistent=False)
+            self.reset_magnitude_correction()
+        else:
+            self.mel_inverse = None
+
+    def _mel_inverse(self) -> torch.Tensor:
+        return torch.linalg.pinv(mel_filterbank(self._config).double()).float()
 
     def _apply(self, fn, recurse=True):
-        return super()._apply(keep_float32(fn, only=(self.window,)), recurse)
+        buffers = (self.window,) if self.mel_inverse is None else (self.window, self.mel_inverse)
+        return super()._apply(keep_float32(fn, only=buffers), recurse)
+
+    @torch.no_grad()
+    def reset_magnitude_correction(self) -> None:
+        """Zero the magnitude rows of the output layer: with the mel pseudo-inverse prior, the predicted magnitude
+        becomes exactly the prior (the phase rows are kept). Used to start a prior vocoder from one trained without."""
+        if self.magnitude_prior == "none":
+            raise ValueError("reset_magnitude_correction() needs vocoder_magnitude_prior='mel_pseudo_inverse': without"
+                             " a prior, zero magnitude rows would give a flat magnitude of 1.")
+        self.proj_out.weight[: self.num_freq_bins].zero_()
+        self.proj_out.bias[: self.num_freq_bins].zero_()
 
     def reset_buffers(self) -> None:
-        """Recompute the non-persistent ISTFT window (called from `_init_weights` after meta-device loading)."""
+        """Recompute the non-persistent buffers, the ISTFT window and the mel pseudo-inverse (called from
+        `_init_weights` after meta-device loading)."""
         with torch.no_grad():
             if self.window.is_meta:  # no storage to fill yet: materialise on CPU, `.to()` moves it with the module
                 self.window = torch.hann_window(self.win_length, dtype=torch.float32)
             else:
                 self.window.copy_(torch.hann_window(self.win_length, dtype=self.window.dtype).to(self.window.device))
+            if self.mel_inverse is None:
+                return
+            if self.mel_inverse.is_meta:
+                self.mel_inverse = self._mel_inverse()
+            else:
+                self.mel_inverse.copy_(self._mel_inverse().to(self.mel_inverse.device))
 
     def magnitude_and_phase(self, log_mel: torch.Tensor,
                             frame_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -102,6 +165,7 @@ class PQVAEVocoder(nn.Module):
 
         The backbone runs in the vocoder's parameter dtype (or autocast's); its output is cast to float32 before
         the exponential and the inverse STFT. `frame_mask` (B, F): convolutions ignore padded frames."""
+        prior_input = log_mel  # the prior is computed in float32 from the mel as given, before any cast
         log_mel = log_mel.to(self.embed.weight.dtype)
         mask = None if frame_mask is None else frame_mask[:, None, :].to(log_mel.dtype)
         hidden = self.embed(log_mel if mask is None else log_mel * mask)
@@ -110,6 +174,9 @@ class PQVAEVocoder(nn.Module):
             hidden = block(hidden, mask)
         out = self.proj_out(self.norm_out(hidden.transpose(1, 2))).transpose(1, 2).float()  # (B, 2K, F)
         log_magnitude, phase = out.chunk(2, dim=1)
+        if self.mel_inverse is not None:
+            prior = mel_pseudo_inverse_magnitude(prior_input, self.mel_inverse)
+            log_magnitude = log_magnitude + torch.log(prior.clamp_min(self.log_floor))
         # Clamping before exp (not after) keeps the forward finite and the gradient defined everywhere.
         magnitude = torch.exp(log_magnitude.clamp(max=self.max_log_magnitude))
         return magnitude, phase
@@ -159,4 +226,4 @@ class PQVAEVocoder(nn.Module):
         return envelope[:, start : start + (frame_mask.shape[-1] - 1) * self.hop_length]
 
 
-__all__ = ["PQVAEVocoder"]
+__all__ = ["PQVAEVocoder", "mel_filterbank", "mel_pseudo_inverse_magnitude"]

@@ -26,9 +26,17 @@ from .packed_training import load_parts, load_tokenizer, parse_overrides
 def assemble(tokenizer_dir: str, vocoder: str, output: str, vocoder_overrides: dict | None = None) -> PQVAEModel:
     """Tokenizer folder (`pqvae-train` or `pqvae_hf.packed_training` output) + vocoder weights (a `.safetensors` state
     dict of `PQVAEVocoder`, or a `packed_training vocoder` output folder) -> one model saved in `output`.
-    `vocoder_overrides`: the vocoder's size fields when they differ from the tokenizer config's defaults."""
+    `vocoder_overrides`: the vocoder's fields (size, magnitude prior) when they differ from the tokenizer config's;
+    a vocoder folder's own config.json supplies its `vocoder_*` fields first."""
     tokenizer = load_tokenizer(tokenizer_dir)
-    config = PQVAEConfig.from_dict({**tokenizer.config.to_dict(), **(vocoder_overrides or {}), "vocoder": "neural"})
+    # A vocoder folder's own config says how its weights are read (size, magnitude prior): the weights of a vocoder
+    # with a magnitude prior have the same shapes as without, so a wrong prior would load silently and sound wrong.
+    trained_with = {}
+    if os.path.isdir(vocoder) and os.path.isfile(os.path.join(vocoder, "config.json")):
+        with open(os.path.join(vocoder, "config.json")) as handle:
+            trained_with = {k: v for k, v in json.load(handle).items() if k.startswith("vocoder_")}
+    config = PQVAEConfig.from_dict({**tokenizer.config.to_dict(), **trained_with, **(vocoder_overrides or {}),
+                                    "vocoder": "neural"})
     model = PQVAEModel(config)
     state = {k: v for k, v in tokenizer.state_dict().items() if not k.startswith("vocoder.")}
     missing, unexpected = model.load_state_dict(state, strict=False)

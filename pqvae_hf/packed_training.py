@@ -360,6 +360,8 @@ def train_vocoder(args) -> dict:
             else load_file(args.init_vocoder)
         vocoder.load_state_dict({k.removeprefix("vocoder."): v for k, v in state.items()
                                  if not k.startswith(("encoder.", "decoder.", "quantizer."))}, strict=True)
+        if args.restart_magnitude_from_prior:
+            vocoder.reset_magnitude_correction()
     front_end = LogMelSpectrogram(config).to(device)
     mpd, mrd = MultiPeriodDiscriminator().to(device), MultiResolutionDiscriminator().to(device)
     stft_loss = MultiResolutionSTFTLoss().to(device)
@@ -517,6 +519,10 @@ def main(argv: list[str] | None = None) -> int:
     voc = sub.choices["vocoder"]
     voc.add_argument("--tokenizer", default=None, help="tokenizer folder whose decoded mels the vocoder learns from")
     voc.add_argument("--init_vocoder", default=None, help="vocoder weights: a .safetensors file or DIR/vocoder")
+    voc.add_argument("--restart_magnitude_from_prior", action="store_true",
+                     help="after loading --init_vocoder (trained without a magnitude prior), zero its magnitude rows so "
+                          "training starts from the prior; needs --config_overrides "
+                          "vocoder_magnitude_prior=mel_pseudo_inverse")
     voc.add_argument("--decoded_mel_fraction", type=float, default=0.0)
     voc.add_argument("--batch_size", type=int, default=16)
     voc.add_argument("--segment_seconds", type=float, default=1.0)

@@ -35,6 +35,7 @@ def test_defaults_and_derived_properties():
         (dict(ema_decay=1.0), "ema_decay"),
         (dict(mel_l1_weight=0.0, mel_l2_weight=0.0), "mel_l1_weight"),
         (dict(vocoder="wavenet"), "vocoder"),
+        (dict(vocoder_magnitude_prior="mel"), "vocoder_magnitude_prior"),
         (dict(num_codebooks=0), "num_codebooks"),
         (dict(entropy_loss_weight=-0.1), "entropy_loss_weight"),
         (dict(entropy_temperature=0.0), "entropy_temperature"),

@@ -272,3 +272,73 @@ def test_phase_derivative_loss_is_zero_for_the_true_phase_and_polarity_invariant
     torch.testing.assert_close(weighted["loss"], expected)
     with pytest.raises(ValueError, match="phase"):
         VocoderLoss(config, phase_weight=1.0)(prediction, log_mel, target)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Magnitude prior: the network corrects the mel's pseudo-inverse magnitude instead of predicting it whole
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def test_magnitude_prior_with_zero_correction_is_griffin_lims_magnitude():
+    from pqvae_hf.modeling.modeling_pqvae import GriffinLim
+
+    config = small_config(vocoder_magnitude_prior="mel_pseudo_inverse")
+    front_end = LogMelSpectrogram(config)
+    vocoder = PQVAEVocoder(config).eval()
+    log_mel = front_end(sine_sweeps(8000, batch=2))
+    with torch.no_grad():
+        magnitude, _ = vocoder.magnitude_and_phase(log_mel)
+    expected = GriffinLim(config, front_end).magnitude(log_mel).clamp_min(config.log_floor)
+    torch.testing.assert_close(magnitude, expected, atol=1e-5, rtol=1e-4)
+    # The pseudo-inverse is a real estimate: its mel is close to the input mel where the signal has energy.
+    voiced = log_mel > log_mel.amax() - 6.0
+    remelled = torch.log((front_end.mel_filters @ magnitude).clamp_min(config.log_floor))
+    assert (remelled - log_mel)[voiced].abs().mean() < 0.05
+    # A trained correction moves it: one gradient step changes the magnitude, not only the phase.
+    vocoder.train()
+    loss = vocoder.magnitude_and_phase(log_mel)[0].log().mean()
+    loss.backward()
+    assert vocoder.proj_out.weight.grad[: vocoder.num_freq_bins].abs().sum() > 0
+
+
+def test_reset_magnitude_correction_converts_a_plain_vocoder_and_refuses_without_prior():
+    config = small_config()
+    plain = PQVAEVocoder(config)
+    with pytest.raises(ValueError, match="vocoder_magnitude_prior"):
+        plain.reset_magnitude_correction()
+    with_prior = PQVAEVocoder(small_config(vocoder_magnitude_prior="mel_pseudo_inverse"))
+    with_prior.load_state_dict(plain.state_dict())  # same weights and shapes: the prior adds no parameter
+    assert "mel_inverse" not in with_prior.state_dict()
+    with_prior.reset_magnitude_correction()
+    log_mel = torch.randn(1, config.num_mel_bins, 9) - 3.0
+    with torch.no_grad():
+        _, plain_phase = plain.eval().magnitude_and_phase(log_mel)
+        _, kept_phase = with_prior.eval().magnitude_and_phase(log_mel)
+    torch.testing.assert_close(kept_phase, plain_phase)  # the phase head is kept
+
+
+def test_magnitude_prior_survives_save_load_meta_device_and_half_precision(tmp_path):
+    from pqvae_hf.modeling.modeling_pqvae import PQVAEModel
+
+    config = PQVAEConfig(vocoder="neural", vocoder_magnitude_prior="mel_pseudo_inverse", vocoder_hidden_size=32,
+                         vocoder_intermediate_size=64, vocoder_num_layers=2, num_encoder_layers=1, num_decoder_layers=1)
+    model = PQVAEModel(config).eval()
+    rows = model.vocoder.num_freq_bins
+    # A fresh model starts from the prior exactly (post_init must not re-draw the magnitude rows) ...
+    assert model.vocoder.proj_out.weight[:rows].abs().sum() == 0
+    with torch.no_grad():  # ... and a trained one keeps its correction through save / load.
+        model.vocoder.proj_out.weight[:rows].normal_(std=0.01)
+    model.save_pretrained(tmp_path)
+    loaded = PQVAEModel.from_pretrained(tmp_path).eval()
+    assert loaded.config.vocoder_magnitude_prior == "mel_pseudo_inverse"
+    torch.testing.assert_close(loaded.vocoder.mel_inverse, model.vocoder.mel_inverse, atol=0, rtol=0)
+    log_mel = model.front_end(sine_sweeps(4000))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.vocoder(log_mel), model.vocoder(log_mel), atol=1e-6, rtol=0)
+        half = loaded.to(torch.bfloat16)
+        assert half.vocoder.mel_inverse.dtype == torch.float32
+        assert torch.isfinite(half.vocoder(log_mel)).all()
+    with torch.device("meta"):
+        meta = PQVAEVocoder(config)
+    meta.reset_buffers()
+    torch.testing.assert_close(meta.mel_inverse, model.vocoder.mel_inverse, atol=0, rtol=0)

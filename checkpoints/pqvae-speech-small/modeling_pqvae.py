@@ -22,7 +22,7 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from .configuration_pqvae import PQVAEConfig
-from .vocoder_pqvae import PQVAEVocoder, VocoderConvNeXtBlock
+from .vocoder_pqvae import PQVAEVocoder, VocoderConvNeXtBlock, mel_filterbank, mel_pseudo_inverse_magnitude
 from .quantization_pqvae import (
     ProductQuantizer,
     ResidualQuantizer,
@@ -116,24 +116,6 @@ class PQVAEOutput(ModelOutput):
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def mel_filterbank(config: PQVAEConfig) -> torch.Tensor:
-    """Triangular HTK-scale mel filters without area normalisation, (num_mel_bins, n_fft // 2 + 1)."""
-    fmax = config.mel_fmax if config.mel_fmax is not None else config.sampling_rate / 2
-    num_bins = config.n_fft // 2 + 1
-    freqs = torch.linspace(0, config.sampling_rate / 2, num_bins, dtype=torch.float64)
-
-    def hz_to_mel(hz: float) -> float:
-        return 2595.0 * math.log10(1.0 + hz / 700.0)
-
-    mel_points = torch.linspace(hz_to_mel(config.mel_fmin), hz_to_mel(fmax), config.num_mel_bins + 2,
-                                dtype=torch.float64)
-    hz_points = 700.0 * (10 ** (mel_points / 2595.0) - 1.0)
-    lower, center, upper = hz_points[:-2, None], hz_points[1:-1, None], hz_points[2:, None]
-    rising = (freqs[None] - lower) / (center - lower)
-    falling = (upper - freqs[None]) / (upper - center)
-    return torch.clamp(torch.minimum(rising, falling), min=0.0).float()
-
-
 class LogMelSpectrogram(nn.Module):
     """Fixed (non-trainable) front-end: waveform (B, T) -> natural-log mel magnitudes (B, num_mel_bins, F).
 
@@ -202,8 +184,7 @@ class GriffinLim(nn.Module):
 
     def magnitude(self, log_mel: torch.Tensor) -> torch.Tensor:
         """log-mel (B, M, F) -> linear STFT magnitude estimate (B, K, F) float32: the filterbank's pseudo-inverse."""
-        pseudo_inverse = torch.linalg.pinv(self.front_end[0].mel_filters.double()).float()
-        return (pseudo_inverse @ torch.exp(log_mel.float())).clamp_min(0.0)
+        return mel_pseudo_inverse_magnitude(log_mel, torch.linalg.pinv(self.front_end[0].mel_filters.double()))
 
     def retrieve_phase(self, magnitude: torch.Tensor, length: int,
                        initial_phase: torch.Tensor | None = None) -> torch.Tensor:
@@ -324,6 +305,10 @@ class PQVAEPreTrainedModel(PreTrainedAudioTokenizerBase):
             init.constant_(module.layer_scale, module.layer_scale_init)
         elif isinstance(module, PQVAEVocoder):
             module.reset_buffers()
+            # With a magnitude prior a fresh vocoder starts from it exactly (zero correction); loaded weights are
+            # marked initialised by transformers and kept.
+            if module.mel_inverse is not None and not getattr(module.proj_out.weight, "_is_hf_initialized", False):
+                module.reset_magnitude_correction()
         elif isinstance(module, VectorQuantizerGroup):
             # Buffers as registered: statistics are seeded by the first training forward (`_initialize`).
             bound = 1.0 / module.codebook_size
