@@ -158,6 +158,35 @@ def test_adversarial_vocoder_on_decoded_mels(pack, tmp_path):
         main(args[:-2] + ["--tokenizer", "", "--decoded_mel_fraction", "0.5"])
 
 
+def test_vocoder_with_magnitude_prior_from_a_plain_one_and_assembled(pack, tmp_path):
+    """A plain vocoder converted to the magnitude prior (--restart_magnitude_from_prior), trained, then merged with
+    its tokenizer: the checkpoint's config takes the prior from the vocoder folder, so its weights are read right."""
+    from pqvae_hf.assemble_checkpoint import assemble
+
+    main(_tokenizer_args(pack, tmp_path / "tok", 2))
+    size = "vocoder_hidden_size=16,vocoder_intermediate_size=32,vocoder_num_layers=1"
+    common = ["vocoder", "--pack_dir", str(pack), "--device", "cpu", "--num_workers", "1", "--max_steps", "2",
+              "--batch_size", "2", "--segment_seconds", "0.25", "--eval_steps", "2", "--eval_clips", "2",
+              "--adversarial_start_step", "100", "--tokenizer", str(tmp_path / "tok")]  # its mel settings
+    assert main(common + ["--output_dir", str(tmp_path / "plain"), "--config_overrides", size]) == 0
+    assert main(common + ["--output_dir", str(tmp_path / "prior"), "--init_vocoder", str(tmp_path / "plain" / "vocoder"),
+                          "--restart_magnitude_from_prior", "--learning_rate", "0",
+                          "--config_overrides", size + ",vocoder_magnitude_prior=mel_pseudo_inverse"]) == 0
+    plain, prior = load_parts(str(tmp_path / "plain"), "vocoder"), load_parts(str(tmp_path / "prior"), "vocoder")
+    rows = prior["vocoder.proj_out.weight"].shape[0] // 2
+    assert prior["vocoder.proj_out.weight"][:rows].abs().sum() == 0  # learning rate 0: still exactly the prior
+    torch.testing.assert_close(prior["vocoder.proj_out.weight"][rows:], plain["vocoder.proj_out.weight"][rows:])
+    model = assemble(str(tmp_path / "tok"), str(tmp_path / "prior"), str(tmp_path / "merged"))
+    assert model.config.vocoder_magnitude_prior == "mel_pseudo_inverse" and model.config.vocoder_hidden_size == 16
+    assert json.loads((tmp_path / "merged" / "config.json").read_text())["vocoder_magnitude_prior"] == "mel_pseudo_inverse"
+    log_mel = torch.randn(1, model.config.num_mel_bins, 6) - 4.0
+    with torch.no_grad():
+        magnitude, _ = model.vocoder.magnitude_and_phase(log_mel)
+    pseudo_inverse = torch.linalg.pinv(model.front_end.mel_filters.double()).float()
+    expected = (pseudo_inverse @ log_mel.exp()).clamp_min(model.config.log_floor)
+    torch.testing.assert_close(magnitude, expected, atol=1e-5, rtol=1e-4)
+
+
 def test_discriminators_score_each_sub_discriminator_and_losses_vanish_when_matched():
     waveform = torch.randn(2, 4000)
     for discriminator in (MultiPeriodDiscriminator(), MultiResolutionDiscriminator()):
