@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The magnitude-prior ablation of the vocoder (issue 11), on the shipped tokenizer (stage 3d of
+# scripts/train_shipped_checkpoint.sh) and starting from the shipped vocoder (stage 4e); needs that recipe's runs/cpu.
+#   prior:   vocoder_magnitude_prior=mel_pseudo_inverse, magnitude rows zeroed (starts from the mel's pseudo-inverse
+#            magnitude and the shipped vocoder's phase), 6,000 steps
+#   control: the same 6,000 steps without the prior (what more training alone does)
+# Each run is one thread (run both at once on two cores, ~80 min); then each vocoder is merged with the tokenizer into
+# runs/cand_{prior,control}24c and scored on the validation split by benchmarks/codec_quality.py (its systems cache is
+# benchmarks/results/codec_quality_validation), and the prior candidate by benchmarks/vocoder_diagnostics.py.
+# Usage: bash scripts/vocoder_magnitude_prior_ablation.sh [CORPUS_DIR]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+CORPUS=${1:-data/speech_corpus}
+export HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1
+PY=.venv/bin/python
+finished() { grep -q '"final_eval"' "$1/log.json" 2>/dev/null; }
+vocoder() {  # OUTPUT EXTRA_ARGS...
+  local out=$1; shift
+  finished "runs/cpu/$out" || $PY -m pqvae_hf.packed_training vocoder \
+    --pack_dir data/packed_flac --cache_dir runs/cpu/decoded24 --device cpu --num_workers 1 --max_steps 6000 \
+    --decoded_mel_fraction 0.7 --adversarial_start_step 100000000 --batch_size 16 --segment_seconds 1.0 \
+    --warmup_steps 50 --logging_steps 100 --eval_steps 1500 --eval_clips 64 \
+    --output_dir "runs/cpu/$out" --tokenizer runs/cpu/tok_real_finetune24c \
+    --init_vocoder runs/cpu/voc_tok24c_finetune/vocoder --learning_rate 1e-4 "$@" > "runs/cpu/$out.log" 2>&1
+}
+vocoder voc_prior24c --config_overrides vocoder_magnitude_prior=mel_pseudo_inverse --restart_magnitude_from_prior &
+PRIOR=$!
+vocoder voc_control24c
+wait $PRIOR
+for run in prior control; do
+  $PY -c "from pqvae_hf.assemble_checkpoint import assemble; \
+assemble('runs/cpu/tok_real_finetune24c', 'runs/cpu/voc_${run}24c', 'runs/cand_${run}24c')"
+  $PY -c "import json; json.dump({'cpu_voc_${run}24c': json.load(open('runs/cpu/voc_${run}24c/log.json'))}, \
+open('benchmarks/results/shipped_recipe/cpu_vocoder_f_${run}.json', 'w'), indent=1)"
+done
+# The shipped checkpoint merged the same way (its validation scores are cached under this name).
+[ -f runs/cand_tok24c_ve/config.json ] || $PY -c "from pqvae_hf.assemble_checkpoint import assemble; \
+assemble('runs/cpu/tok_real_finetune24c', 'runs/cpu/voc_tok24c_finetune', 'runs/cand_tok24c_ve')"
+$PY benchmarks/codec_quality.py --corpus_dir "$CORPUS" --split validation --skip_baselines \
+  --checkpoint runs/cand_tok24c_ve --checkpoint runs/cand_prior24c --checkpoint runs/cand_control24c
+$PY benchmarks/vocoder_diagnostics.py --corpus_dir "$CORPUS" --checkpoint runs/cand_prior24c \
+  --output_dir benchmarks/results/vocoder_diagnostics/magnitude_prior
+$PY benchmarks/recipe_ablation.py
