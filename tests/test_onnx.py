@@ -37,6 +37,19 @@ def test_export_and_onnxruntime_parity_with_dynamic_axes(tmp_path):
     assert mel.shape == (3, 20, length // 64 + 1) and audio.shape == (3, (length // 64) * 64)
 
 
+def test_export_parity_with_the_vocoder_magnitude_prior(tmp_path):
+    """The prior (mel pseudo-inverse magnitude + a learnt correction) is plain matmul / log / exp: it exports and
+    matches torch; the correction rows are made non-zero so the test sees both terms."""
+    torch.manual_seed(0)
+    model = warm_up(PQVAEModel(tiny_config(vocoder="neural", vocoder_hidden_size=32, vocoder_intermediate_size=64,
+                                           vocoder_num_layers=2, vocoder_magnitude_prior="mel_pseudo_inverse")))
+    with torch.no_grad():
+        model.vocoder.proj_out.weight[: model.vocoder.num_freq_bins].normal_(std=0.02)
+    result = verify(model, export(model, str(tmp_path)))
+    assert result["codes_identical"], result
+    assert result["max_mel_difference"] < MEL_TOLERANCE and result["max_audio_difference"] < AUDIO_TOLERANCE
+
+
 def test_code_agreement_on_clips_is_measured_with_tie_gaps(tmp_path):
     from pqvae_hf.conversion.export_onnx import measure_codes_agreement
 
