@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .configuration_pqvae import PQVAEConfig
-from .quantization_pqvae import keep_float32
+from .quantization_pqvae import float32_region, keep_float32
 
 
 def mel_filterbank(config: PQVAEConfig) -> torch.Tensor:
@@ -43,8 +43,10 @@ def mel_filterbank(config: PQVAEConfig) -> torch.Tensor:
 def mel_pseudo_inverse_magnitude(log_mel: torch.Tensor, pseudo_inverse: torch.Tensor) -> torch.Tensor:
     """log-mel (B, M, F) -> linear STFT magnitude estimate (B, K, F) float32, through the filterbank's Moore-Penrose
     pseudo-inverse (K, M): the least-squares magnitude whose mel is the input, negative values clipped to 0. Griffin-Lim
-    starts from it, and so does the neural vocoder with `vocoder_magnitude_prior="mel_pseudo_inverse"`."""
-    return (pseudo_inverse.float() @ torch.exp(log_mel.float())).clamp_min(0.0)
+    starts from it, and so does the neural vocoder with `vocoder_magnitude_prior="mel_pseudo_inverse"`. Computed in
+    float32 even under autocast (a half-precision matmul would round the small magnitudes of quiet bins)."""
+    with float32_region(log_mel):
+        return (pseudo_inverse.float() @ torch.exp(log_mel.float())).clamp_min(0.0)
 
 
 class VocoderConvNeXtBlock(nn.Module):

@@ -290,6 +290,14 @@ def test_magnitude_prior_with_zero_correction_is_griffin_lims_magnitude():
         magnitude, _ = vocoder.magnitude_and_phase(log_mel)
     expected = GriffinLim(config, front_end).magnitude(log_mel).clamp_min(config.log_floor)
     torch.testing.assert_close(magnitude, expected, atol=1e-5, rtol=1e-4)
+    # bf16 autocast (Trainer --bf16) leaves the prior in float32: the same numbers, not a bf16 rounding of them.
+    from pqvae_hf.modeling.vocoder_pqvae import mel_pseudo_inverse_magnitude
+
+    plain = mel_pseudo_inverse_magnitude(log_mel, vocoder.mel_inverse)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_autocast = mel_pseudo_inverse_magnitude(log_mel, vocoder.mel_inverse)
+    assert under_autocast.dtype == torch.float32
+    torch.testing.assert_close(under_autocast, plain, atol=0, rtol=0)
     # The pseudo-inverse is a real estimate: its mel is close to the input mel where the signal has energy.
     voiced = log_mel > log_mel.amax() - 6.0
     remelled = torch.log((front_end.mel_filters @ magnitude).clamp_min(config.log_floor))
