@@ -41,6 +41,7 @@ CANDIDATES = {
                      " not shipped",
     "cand_control24c": "tokenizer 3d + vocoder 4e with the same 6,000 more steps, no prior (the ablation's"
                        " control): not shipped",
+    "cand_prior24c_tok90": "cand_prior24c's vocoder continued 1,600 steps on 90 % token-decoded mels: not shipped",
 }
 
 

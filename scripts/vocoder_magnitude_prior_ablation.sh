@@ -27,17 +27,26 @@ vocoder voc_prior24c --config_overrides vocoder_magnitude_prior=mel_pseudo_inver
 PRIOR=$!
 vocoder voc_control24c
 wait $PRIOR
-for run in prior control; do
+# The prior run continued 1,600 steps on 90 % token-decoded mels (does more token data win back the tokens' score?).
+vocoder voc_prior24c_tok90 --config_overrides vocoder_magnitude_prior=mel_pseudo_inverse \
+  --init_vocoder runs/cpu/voc_prior24c/vocoder --max_steps 1600 --decoded_mel_fraction 0.9 --eval_steps 1600
+for run in prior24c control24c prior24c_tok90; do
   $PY -c "from pqvae_hf.assemble_checkpoint import assemble; \
-assemble('runs/cpu/tok_real_finetune24c', 'runs/cpu/voc_${run}24c', 'runs/cand_${run}24c')"
-  $PY -c "import json; json.dump({'cpu_voc_${run}24c': json.load(open('runs/cpu/voc_${run}24c/log.json'))}, \
-open('benchmarks/results/shipped_recipe/cpu_vocoder_f_${run}.json', 'w'), indent=1)"
+assemble('runs/cpu/tok_real_finetune24c', 'runs/cpu/voc_${run}', 'runs/cand_${run}')"
+  $PY -c "import json; json.dump({'cpu_voc_${run}': json.load(open('runs/cpu/voc_${run}/log.json'))}, \
+open('benchmarks/results/shipped_recipe/cpu_vocoder_f_${run%24c}.json', 'w'), indent=1)"
 done
 # The shipped checkpoint merged the same way (its validation scores are cached under this name).
 [ -f runs/cand_tok24c_ve/config.json ] || $PY -c "from pqvae_hf.assemble_checkpoint import assemble; \
 assemble('runs/cpu/tok_real_finetune24c', 'runs/cpu/voc_tok24c_finetune', 'runs/cand_tok24c_ve')"
+# Earlier candidates, where this machine still has them, share the table (their scores are cached).
+EARLIER=()
+for earlier in cand_tok24b_vd pqvae-speech-small-previous; do
+  [ -f "runs/$earlier/config.json" ] && EARLIER+=(--checkpoint "runs/$earlier")
+done
 $PY benchmarks/codec_quality.py --corpus_dir "$CORPUS" --split validation --skip_baselines \
-  --checkpoint runs/cand_tok24c_ve --checkpoint runs/cand_prior24c --checkpoint runs/cand_control24c
+  --checkpoint runs/cand_tok24c_ve "${EARLIER[@]}" \
+  --checkpoint runs/cand_prior24c --checkpoint runs/cand_control24c --checkpoint runs/cand_prior24c_tok90
 $PY benchmarks/vocoder_diagnostics.py --corpus_dir "$CORPUS" --checkpoint runs/cand_prior24c \
   --output_dir benchmarks/results/vocoder_diagnostics/magnitude_prior
 $PY benchmarks/recipe_ablation.py
