@@ -40,6 +40,11 @@ def mel_filterbank(config: PQVAEConfig) -> torch.Tensor:
     return torch.clamp(torch.minimum(rising, falling), min=0.0).float()
 
 
+def mel_pseudo_inverse(mel_filters: torch.Tensor) -> torch.Tensor:
+    """Moore-Penrose pseudo-inverse of a mel filterbank (M, K) -> (K, M) float32, solved in float64."""
+    return torch.linalg.pinv(mel_filters.double()).float()
+
+
 def mel_pseudo_inverse_magnitude(log_mel: torch.Tensor, pseudo_inverse: torch.Tensor) -> torch.Tensor:
     """log-mel (B, M, F) -> linear STFT magnitude estimate (B, K, F) float32, through the filterbank's Moore-Penrose
     pseudo-inverse (K, M): the least-squares magnitude whose mel is the input, negative values clipped to 0. Griffin-Lim
@@ -130,7 +135,7 @@ class PQVAEVocoder(nn.Module):
             self.mel_inverse = None
 
     def _mel_inverse(self) -> torch.Tensor:
-        return torch.linalg.pinv(mel_filterbank(self._config).double()).float()
+        return mel_pseudo_inverse(mel_filterbank(self._config))
 
     def _apply(self, fn, recurse=True):
         buffers = (self.window,) if self.mel_inverse is None else (self.window, self.mel_inverse)
@@ -228,4 +233,4 @@ class PQVAEVocoder(nn.Module):
         return envelope[:, start : start + (frame_mask.shape[-1] - 1) * self.hop_length]
 
 
-__all__ = ["PQVAEVocoder", "mel_filterbank", "mel_pseudo_inverse_magnitude"]
+__all__ = ["PQVAEVocoder", "mel_filterbank", "mel_pseudo_inverse", "mel_pseudo_inverse_magnitude"]

@@ -22,7 +22,13 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from .configuration_pqvae import PQVAEConfig
-from .vocoder_pqvae import PQVAEVocoder, VocoderConvNeXtBlock, mel_filterbank, mel_pseudo_inverse_magnitude
+from .vocoder_pqvae import (
+    PQVAEVocoder,
+    VocoderConvNeXtBlock,
+    mel_filterbank,
+    mel_pseudo_inverse,
+    mel_pseudo_inverse_magnitude,
+)
 from .quantization_pqvae import (
     ProductQuantizer,
     ResidualQuantizer,
@@ -184,7 +190,7 @@ class GriffinLim(nn.Module):
 
     def magnitude(self, log_mel: torch.Tensor) -> torch.Tensor:
         """log-mel (B, M, F) -> linear STFT magnitude estimate (B, K, F) float32: the filterbank's pseudo-inverse."""
-        return mel_pseudo_inverse_magnitude(log_mel, torch.linalg.pinv(self.front_end[0].mel_filters.double()))
+        return mel_pseudo_inverse_magnitude(log_mel, mel_pseudo_inverse(self.front_end[0].mel_filters))
 
     def retrieve_phase(self, magnitude: torch.Tensor, length: int,
                        initial_phase: torch.Tensor | None = None) -> torch.Tensor:
