@@ -34,7 +34,7 @@ for run in prior24c control24c prior24c_tok90; do
   $PY -c "from pqvae_hf.assemble_checkpoint import assemble; \
 assemble('runs/cpu/tok_real_finetune24c', 'runs/cpu/voc_${run}', 'runs/cand_${run}')"
   $PY -c "import json; json.dump({'cpu_voc_${run}': json.load(open('runs/cpu/voc_${run}/log.json'))}, \
-open('benchmarks/results/shipped_recipe/cpu_vocoder_f_${run%24c}.json', 'w'), indent=1)"
+open('benchmarks/results/shipped_recipe/cpu_vocoder_f_${run}.json', 'w'), indent=1)"
 done
 # The shipped checkpoint merged the same way (its validation scores are cached under this name).
 [ -f runs/cand_tok24c_ve/config.json ] || $PY -c "from pqvae_hf.assemble_checkpoint import assemble; \
