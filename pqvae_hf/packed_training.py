@@ -346,7 +346,7 @@ def train_vocoder(args) -> dict:
         feature_matching_loss,
         generator_adversarial_loss,
     )
-    from .vocoder_training import MultiResolutionSTFTLoss, synthesize
+    from .vocoder_training import MultiResolutionSTFTLoss, PhaseDerivativeLoss, synthesize
 
     device = _device(args.device)
     torch.manual_seed(args.seed)
@@ -365,6 +365,7 @@ def train_vocoder(args) -> dict:
     front_end = LogMelSpectrogram(config).to(device)
     mpd, mrd = MultiPeriodDiscriminator().to(device), MultiResolutionDiscriminator().to(device)
     stft_loss = MultiResolutionSTFTLoss().to(device)
+    phase_loss = PhaseDerivativeLoss(config).to(device)
     gen_opt = torch.optim.AdamW(vocoder.parameters(), lr=args.learning_rate, betas=(0.8, 0.99), weight_decay=0.01)
     disc_opt = torch.optim.AdamW([*mpd.parameters(), *mrd.parameters()], lr=args.learning_rate, betas=(0.8, 0.99),
                                  weight_decay=0.01)
@@ -397,18 +398,21 @@ def train_vocoder(args) -> dict:
         vocoder.eval()
         result = {}
         for kind in (["true_mel", "token_mel"] if tokenizer is not None else ["true_mel"]):
-            mel_err, stft_err, batches = 0.0, 0.0, 0
+            mel_err, stft_err, frequency_err, delay_err, batches = 0.0, 0.0, 0.0, 0.0, 0
             for batch, mask in val_batches:
                 batch, mask = batch.to(device), mask.to(device)
                 usable = (batch.shape[1] - 1) // config.hop_length * config.hop_length
                 batch, mask = batch[:, :usable + 1], mask[:, :usable + 1]
                 decoded = torch.full((batch.shape[0],), kind == "token_mel", device=device)
-                wave = vocoder(vocoder_input(batch, mask, decoded))
+                wave, _, phase = synthesize(vocoder, vocoder_input(batch, mask, decoded))
                 target = batch[:, : wave.shape[1]]
                 mel_err += float((front_end(wave) - front_end(target)).abs().mean())
                 stft_err += float(sum(stft_loss(wave, target)))
+                frequency, delay = phase_loss(phase, target)
+                frequency_err, delay_err = frequency_err + float(frequency), delay_err + float(delay)
                 batches += 1
-            result[kind] = {"mel_l1": mel_err / batches, "mr_stft": stft_err / batches}
+            result[kind] = {"mel_l1": mel_err / batches, "mr_stft": stft_err / batches,
+                            "inst_freq_error": frequency_err / batches, "group_delay_error": delay_err / batches}
         vocoder.train()
         return result
 
@@ -430,7 +434,7 @@ def train_vocoder(args) -> dict:
         batch, mask = sampler.batch(args.batch_size)
         decoded = torch.rand(args.batch_size, device=device, generator=generator) < args.decoded_mel_fraction
         log_mel = vocoder_input(batch, mask, decoded)
-        prediction, _, _ = synthesize(vocoder, log_mel)
+        prediction, _, phase = synthesize(vocoder, log_mel)
         target = batch[:, : prediction.shape[1]]
         adversarial = step >= args.adversarial_start_step
         if adversarial:
@@ -444,6 +448,12 @@ def train_vocoder(args) -> dict:
         convergence, log_l1 = stft_loss(prediction, target)
         loss_g = args.mel_weight * mel_l1 + args.stft_weight * (convergence + log_l1)
         parts = {"mel_l1": mel_l1.detach(), "mr_stft": (convergence + log_l1).detach()}
+        if args.phase_weight > 0:
+            # A magnitude-only loss leaves the phase to whatever keeps the STFT consistent; the phase derivatives of
+            # the true audio are what the mel cannot say and the listener hears (see PhaseDerivativeLoss).
+            frequency, delay = phase_loss(phase, target)
+            loss_g = loss_g + args.phase_weight * (frequency + delay)
+            parts.update(inst_freq_error=frequency.detach(), group_delay_error=delay.detach())
         if adversarial:
             adv, fm = 0.0, 0.0
             for d in (mpd, mrd):
@@ -529,6 +539,9 @@ def main(argv: list[str] | None = None) -> int:
     voc.add_argument("--learning_rate", type=float, default=2e-4)
     voc.add_argument("--mel_weight", type=float, default=45.0)
     voc.add_argument("--stft_weight", type=float, default=1.0)
+    voc.add_argument("--phase_weight", type=float, default=0.0,
+                     help="weight of the anti-wrapped instantaneous-frequency + group-delay errors of the predicted "
+                          "phase against the target audio's (APNet's phase losses); 0 = magnitude losses only")
     voc.add_argument("--feature_matching_weight", type=float, default=2.0)
     voc.add_argument("--adversarial_start_step", type=int, default=0)
     voc.add_argument("--eval_clips", type=int, default=64)

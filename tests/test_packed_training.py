@@ -146,12 +146,16 @@ def test_adversarial_vocoder_on_decoded_mels(pack, tmp_path):
     args = ["vocoder", "--pack_dir", str(pack), "--output_dir", str(tmp_path / "voc"), "--device", "cpu",
             "--num_workers", "1", "--max_steps", "2", "--batch_size", "2", "--segment_seconds", "0.25",
             "--tokenizer", str(tmp_path / "tok"), "--decoded_mel_fraction", "0.5", "--eval_steps", "2",
-            "--logging_steps", "1", "--eval_clips", "2", "--config_overrides",
+            "--logging_steps", "1", "--eval_clips", "2", "--phase_weight", "1.0", "--config_overrides",
             "vocoder_hidden_size=16,vocoder_intermediate_size=32,vocoder_num_layers=1"]
     assert main(args) == 0
     log = json.loads((tmp_path / "voc" / "log.json").read_text())
     assert set(log["final_eval"]) == {"step", "true_mel", "token_mel"}
-    assert {"adversarial", "feature_matching", "discriminator"} <= set(log["train"][0])
+    assert {"adversarial", "feature_matching", "discriminator", "inst_freq_error", "group_delay_error"} <= set(
+        log["train"][0])
+    for kind in ("true_mel", "token_mel"):  # anti-wrapped phase errors lie in (0, pi]; an untrained phase is far off
+        errors = log["final_eval"][kind]
+        assert 0.3 < errors["inst_freq_error"] <= np.pi and 0.3 < errors["group_delay_error"] <= np.pi
     state = load_parts(str(tmp_path / "voc"), "vocoder")
     assert all(key.startswith("vocoder.") for key in state)
     with pytest.raises(SystemExit):
@@ -167,8 +171,10 @@ def test_vocoder_with_magnitude_prior_from_a_plain_one_and_assembled(pack, tmp_p
     size = "vocoder_hidden_size=16,vocoder_intermediate_size=32,vocoder_num_layers=1"
     common = ["vocoder", "--pack_dir", str(pack), "--device", "cpu", "--num_workers", "1", "--max_steps", "2",
               "--batch_size", "2", "--segment_seconds", "0.25", "--eval_steps", "2", "--eval_clips", "2",
-              "--adversarial_start_step", "100", "--tokenizer", str(tmp_path / "tok")]  # its mel settings
+              "--adversarial_start_step", "100", "--logging_steps", "1",
+              "--tokenizer", str(tmp_path / "tok")]  # its mel settings
     assert main(common + ["--output_dir", str(tmp_path / "plain"), "--config_overrides", size]) == 0
+    assert "inst_freq_error" not in json.loads((tmp_path / "plain" / "log.json").read_text())["train"][0]  # weight 0
     assert main(common + ["--output_dir", str(tmp_path / "prior"), "--init_vocoder", str(tmp_path / "plain" / "vocoder"),
                           "--restart_magnitude_from_prior", "--learning_rate", "0",
                           "--config_overrides", size + ",vocoder_magnitude_prior=mel_pseudo_inverse"]) == 0
