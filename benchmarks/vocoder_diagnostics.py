@@ -18,6 +18,8 @@ and how close each magnitude is to the clip's true STFT magnitude |X| (spectral 
 energy-weighted; log-mel L1 through the model's filterbank): the pseudo-inverse of the mel, the network's predicted
 magnitude, and the magnitude of the waveform the network actually outputs (its predicted magnitude and phase are not
 consistent, so the two differ). Griffin-Lim is the model's own `GriffinLim` (same iterations, same momentum).
+Each system's phase is scored too: the instantaneous-frequency and group-delay errors of its output waveform's STFT
+phase against the clip's (`PhaseDerivativeLoss`, the vocoder's phase training loss, energy weighted).
 Validation split by default: this is a tuning tool, not a report on the test split.
 Outputs in `--output_dir`: results.json and results.md.
 """
@@ -42,6 +44,7 @@ sys.path.insert(0, HERE)
 from codec_quality import DEFAULT_CHECKPOINT, load_clips  # noqa: E402
 
 from pqvae_hf.metrics import independent_log_mel_distance, intelligibility_and_quality  # noqa: E402
+from pqvae_hf.vocoder_training import PhaseDerivativeLoss  # noqa: E402
 
 DEFAULT_OUTPUT = os.path.join(HERE, "results", "vocoder_diagnostics")
 SYSTEMS = ("neural vocoder", "Griffin-Lim", "neural magnitude + Griffin-Lim phase",
@@ -63,10 +66,19 @@ def magnitude_errors(front_end, estimate: torch.Tensor, target: torch.Tensor, lo
     return {"spectral_convergence": float(convergence), "log_mel_l1": float((log_mel(estimate) - log_mel(target)).abs().mean())}
 
 
+def phase_errors(phase_loss: PhaseDerivativeLoss, waveform: torch.Tensor, audio: np.ndarray) -> dict:
+    """Instantaneous-frequency and group-delay errors of a waveform's own STFT phase (1, T) against the clip's, energy
+    weighted and anti-wrapped (0 = the true phase derivatives; independent noise scores ~1.1 rad on speech, not pi / 2,
+    because with overlapping frames every signal's phase advances by about its bin's centre frequency per hop)."""
+    target = torch.from_numpy(audio[: waveform.shape[-1]])[None]
+    frequency, delay = phase_loss(phase_loss.stft(waveform).angle(), target)
+    return {"inst_freq_error": float(frequency), "group_delay_error": float(delay)}
+
+
 @torch.no_grad()
-def diagnose_clip(model, griffin_lim, audio: np.ndarray, log_mel: torch.Tensor) -> tuple[dict, dict]:
-    """One clip, one input mel (1, M, F): the waveform of every system in SYSTEMS and the error of every magnitude in
-    MAGNITUDES against the clip's true STFT magnitude."""
+def diagnose_clip(model, griffin_lim, phase_loss, audio: np.ndarray, log_mel: torch.Tensor) -> tuple[dict, dict, dict]:
+    """One clip, one input mel (1, M, F): the waveform of every system in SYSTEMS, the error of every magnitude in
+    MAGNITUDES against the clip's true STFT magnitude, and the phase-derivative errors of every system's waveform."""
     front_end, vocoder = model.front_end, model.vocoder
     length = (log_mel.shape[-1] - 1) * front_end.hop_length
     neural_magnitude, neural_phase = vocoder.magnitude_and_phase(log_mel)
@@ -87,7 +99,8 @@ def diagnose_clip(model, griffin_lim, audio: np.ndarray, log_mel: torch.Tensor) 
                   "magnitude of the network's output": front_end.magnitude(neural_output)}
     floor = model.config.log_floor
     errors = {name: magnitude_errors(front_end, value, true_magnitude, floor) for name, value in magnitudes.items()}
-    return {name: w[0].numpy().astype(np.float32) for name, w in waveforms.items()}, errors
+    phases = {name: phase_errors(phase_loss, waveform, audio) for name, waveform in waveforms.items()}
+    return {name: w[0].numpy().astype(np.float32) for name, w in waveforms.items()}, errors, phases
 
 
 def score(reference: np.ndarray, estimate: np.ndarray, sampling_rate: int) -> dict:
@@ -97,7 +110,7 @@ def score(reference: np.ndarray, estimate: np.ndarray, sampling_rate: int) -> di
             **independent_log_mel_distance(reference, estimate, sampling_rate)}
 
 
-def summarize(per_clip: dict, errors: dict) -> dict:
+def summarize(per_clip: dict, errors: dict, phases: dict) -> dict:
     """Means over the clips where every system of an input has the metric (a clip PESQ or STOI cannot score is
     excluded for all systems of that input, and counted)."""
     summary = {}
@@ -113,6 +126,9 @@ def summarize(per_clip: dict, errors: dict) -> dict:
                 rows[name][f"{metric}_clips"] = len(clips)
         magnitude_rows = {name: {key: float(np.mean([e[key] for e in errors[source][name]]))
                                  for key in ("spectral_convergence", "log_mel_l1")} for name in MAGNITUDES}
+        for name in SYSTEMS:
+            for key in ("inst_freq_error", "group_delay_error"):
+                rows[name][key] = float(np.mean([e[key] for e in phases[source][name]]))
         summary[source] = {"systems": rows, "magnitudes": magnitude_rows}
     return summary
 
@@ -125,11 +141,14 @@ def to_markdown(results: dict) -> str:
              "(count in brackets).", ""]
     for source in INPUTS:
         block = results["summary"][source]
-        lines += [f"## {source}", "", "| system | STOI | PESQ-WB | log-mel distance (dB) |", "|---|---|---|---|"]
+        lines += [f"## {source}", "", "| system | STOI | PESQ-WB | log-mel distance (dB) | phase error: inst. "
+                  "frequency / group delay (rad) |", "|---|---|---|---|---|"]
         for name in SYSTEMS:
             row = block["systems"][name]
             cells = [("-" if row[m] is None else f"{row[m]:.3f}") + f" ({row[m + '_clips']})" for m in METRICS]
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+            phase = (f"{row['inst_freq_error']:.3f} / {row['group_delay_error']:.3f}" if "inst_freq_error" in row
+                     else "-")  # results.json written before the phase columns existed
+            lines.append(f"| {name} | " + " | ".join(cells) + f" | {phase} |")
         lines += ["", "| magnitude against the true STFT magnitude | spectral convergence | log-mel L1 |", "|---|---|---|"]
         for name in MAGNITUDES:
             row = block["magnitudes"][name]
@@ -165,8 +184,10 @@ def main(argv=None) -> dict:
         raise SystemExit(f"STOI / PESQ-WB are scored at 16 kHz; {args.checkpoint} runs at {rate} Hz.")
     clips = load_clips(args.corpus_dir, args.split, args.split_column, args.clips or None)
     griffin_lim = GriffinLim(model.config, model.front_end)
+    phase_loss = PhaseDerivativeLoss(model.config)
     per_clip = {source: {name: [] for name in SYSTEMS} for source in INPUTS}
     errors = {source: {name: [] for name in MAGNITUDES} for source in INPUTS}
+    phases = {source: {name: [] for name in SYSTEMS} for source in INPUTS}
     start = time.time()
     with torch.no_grad():
         for audio in tqdm(clips.audios, desc="Diagnosing"):
@@ -174,17 +195,19 @@ def main(argv=None) -> dict:
             codes = encode_long(model, audio)
             token_mel, _ = decode_long(model, codes, return_waveform=False)
             for source, log_mel in (("true mel", true_mel), ("token mel", token_mel[None])):
-                waveforms, magnitude_error = diagnose_clip(model, griffin_lim, audio, log_mel)
+                waveforms, magnitude_error, phase_error = diagnose_clip(model, griffin_lim, phase_loss, audio, log_mel)
                 for name, waveform in waveforms.items():
                     per_clip[source][name].append(score(audio, waveform, rate))
                 for name, error in magnitude_error.items():
                     errors[source][name].append(error)
+                for name, error in phase_error.items():
+                    phases[source][name].append(error)
     results = {
         "command": "python benchmarks/vocoder_diagnostics.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "checkpoint": os.path.basename(os.path.normpath(args.checkpoint)),
         "split": args.split, "selection": clips.selection, "griffin_lim_iters": griffin_lim.num_iters,
         "seconds": round(time.time() - start, 1),
-        "summary": summarize(per_clip, errors),
+        "summary": summarize(per_clip, errors, phases),
     }
     os.makedirs(args.output_dir, exist_ok=True)
     with open(os.path.join(args.output_dir, "results.json"), "w") as handle:

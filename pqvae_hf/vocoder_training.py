@@ -138,9 +138,13 @@ class PhaseDerivativeLoss(torch.nn.Module):
         self.eps = eps
         self.register_buffer("window", torch.hann_window(config.win_length), persistent=False)
 
-    def forward(self, phase: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        spec = torch.stft(target.float(), self.n_fft, hop_length=self.hop_length, win_length=self.win_length,
+    def stft(self, waveform: torch.Tensor) -> torch.Tensor:
+        """The complex STFT (B, K, F) the target's phase is read from (also to score a waveform's own phase)."""
+        return torch.stft(waveform.float(), self.n_fft, hop_length=self.hop_length, win_length=self.win_length,
                           window=self.window, center=True, pad_mode="constant", return_complex=True)
+
+    def forward(self, phase: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        spec = self.stft(target)
         magnitude, true_phase = spec.abs(), spec.angle()
         weight_t = torch.sqrt(magnitude[..., 1:] * magnitude[..., :-1])
         weight_f = torch.sqrt(magnitude[:, 1:] * magnitude[:, :-1])

@@ -68,6 +68,21 @@ def test_magnitude_errors_measure_distance_from_the_true_magnitude(shipped, spee
     assert doubled["log_mel_l1"] == pytest.approx(np.log(2), abs=1e-3)
 
 
+def test_phase_errors_are_zero_for_the_clip_itself_and_random_for_unrelated_noise(shipped, speech):
+    from pqvae_hf.vocoder_training import PhaseDerivativeLoss
+
+    phase_loss = PhaseDerivativeLoss(shipped.config)
+    exact = vocoder_diagnostics.phase_errors(phase_loss, torch.from_numpy(speech)[None], speech)
+    assert exact == {"inst_freq_error": 0.0, "group_delay_error": 0.0}
+    noise = torch.randn(1, len(speech), generator=torch.Generator().manual_seed(0)) * 0.1
+    unrelated = vocoder_diagnostics.phase_errors(phase_loss, noise, speech)
+    # Independent of the speech, yet below pi / 2 (uniform anti-wrapped differences): with 75 % frame overlap any
+    # signal's phase advances by about its bin's centre frequency per hop, and a Hann-windowed frame's phase slope
+    # across bins sits near the frame centre, for noise as for speech. ~1.1 rad is the floor of "no information".
+    for value in unrelated.values():
+        assert 0.9 < value < np.pi / 2, unrelated
+
+
 def test_cli_scores_every_system_on_both_inputs(tmp_path):
     """End to end on two clips: the demo speech cut into an audiofolder, the shipped checkpoint."""
     import csv
@@ -92,6 +107,7 @@ def test_cli_scores_every_system_on_both_inputs(tmp_path):
         assert set(systems) == set(vocoder_diagnostics.SYSTEMS)
         for row in systems.values():
             assert row["pesq_wb_clips"] == 2 and 1.0 <= row["pesq_wb"] <= 4.7
+            assert 0.1 < row["inst_freq_error"] < np.pi / 2 and 0.1 < row["group_delay_error"] < np.pi / 2
             assert row["stoi_clips"] == 2 and 0.3 <= row["stoi"] <= 1.0
         magnitudes = results["summary"][source]["magnitudes"]
         assert all(0 < row["spectral_convergence"] < 2 for row in magnitudes.values())
