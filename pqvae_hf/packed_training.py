@@ -451,7 +451,10 @@ def train_vocoder(args) -> dict:
         if args.phase_weight > 0:
             # A magnitude-only loss leaves the phase to whatever keeps the STFT consistent; the phase derivatives of
             # the true audio are what the mel cannot say and the listener hears (see PhaseDerivativeLoss).
-            frequency, delay = phase_loss(phase, target)
+            if args.phase_loss_on == "output":
+                frequency, delay = phase_loss.output_errors(prediction, target)
+            else:
+                frequency, delay = phase_loss(phase, target)
             loss_g = loss_g + args.phase_weight * (frequency + delay)
             parts.update(inst_freq_error=frequency.detach(), group_delay_error=delay.detach())
         if adversarial:
@@ -542,6 +545,9 @@ def main(argv: list[str] | None = None) -> int:
     voc.add_argument("--phase_weight", type=float, default=0.0,
                      help="weight of the anti-wrapped instantaneous-frequency + group-delay errors of the predicted "
                           "phase against the target audio's (APNet's phase losses); 0 = magnitude losses only")
+    voc.add_argument("--phase_loss_on", choices=("prediction", "output"), default="prediction",
+                     help="score the phase the network predicts (anti-wrapped angles) or that of its output waveform's "
+                          "STFT (chord distances; what is heard, after the inverse STFT's overlap-add)")
     voc.add_argument("--feature_matching_weight", type=float, default=2.0)
     voc.add_argument("--adversarial_start_step", type=int, default=0)
     voc.add_argument("--eval_clips", type=int, default=64)

@@ -154,6 +154,34 @@ class PhaseDerivativeLoss(torch.nn.Module):
         delay = (weight_f * error_f).sum() / weight_f.sum().clamp_min(self.eps)
         return frequency, delay
 
+    def output_errors(self, prediction: torch.Tensor, target: torch.Tensor,
+                      relative_floor: float = 1e-3) -> tuple[torch.Tensor, torch.Tensor]:
+        """The same two errors on the phase of the output waveform's own STFT (what is heard: the inverse STFT's
+        overlap-add makes the predicted phase consistent, and changes it), as chord distances |e^{i a} - e^{i b}| =
+        2 sin(|a - b| / 2) in [0, 2] between unit phase-difference vectors. Differentiable everywhere: a unit vector
+        is z / (|z| + floor), the floor a fraction of the target's mean magnitude, where `angle()`'s gradient would
+        blow up at quiet bins. forward(prediction (B, T), target (B, T)) -> (instantaneous_frequency, group_delay)."""
+        predicted, true = self.stft(prediction), self.stft(target)
+        magnitude = true.abs()
+        floor = relative_floor * magnitude.mean().detach() + self.eps
+
+        def unit(z: torch.Tensor) -> torch.Tensor:
+            return z / (z.abs() + floor)
+
+        predicted, true = unit(predicted), unit(true)
+
+        def chord(dim: int) -> torch.Tensor:
+            later = [slice(None)] * predicted.dim()
+            earlier = list(later)
+            later[dim], earlier[dim] = slice(1, None), slice(None, -1)
+            later, earlier = tuple(later), tuple(earlier)
+            step_predicted = predicted[later] * predicted[earlier].conj()
+            step_true = true[later] * true[earlier].conj()
+            weight = torch.sqrt(magnitude[later] * magnitude[earlier])
+            return (weight * (step_predicted - step_true).abs()).sum() / weight.sum().clamp_min(self.eps)
+
+        return chord(-1), chord(1)
+
 
 def synthesize(vocoder: PQVAEVocoder, log_mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """`vocoder(log_mel)` plus the predicted magnitude and phase (B, K, F) it was made from, in one backbone pass."""

@@ -160,6 +160,10 @@ def test_adversarial_vocoder_on_decoded_mels(pack, tmp_path):
     assert all(key.startswith("vocoder.") for key in state)
     with pytest.raises(SystemExit):
         main(args[:-2] + ["--tokenizer", "", "--decoded_mel_fraction", "0.5"])
+    # The phase of the output waveform instead of the predicted one: chord distances in [0, 2], logged the same way.
+    assert main(args[:4] + [str(tmp_path / "voc_output_phase")] + args[5:] + ["--phase_loss_on", "output"]) == 0
+    entry = json.loads((tmp_path / "voc_output_phase" / "log.json").read_text())["train"][0]
+    assert 0 < entry["inst_freq_error"] <= 2 and 0 < entry["group_delay_error"] <= 2
 
 
 def test_vocoder_with_magnitude_prior_from_a_plain_one_and_assembled(pack, tmp_path):

@@ -274,6 +274,30 @@ def test_phase_derivative_loss_is_zero_for_the_true_phase_and_polarity_invariant
         VocoderLoss(config, phase_weight=1.0)(prediction, log_mel, target)
 
 
+def test_output_phase_errors_are_polarity_and_level_invariant_and_trainable():
+    """`output_errors` scores the phase of a waveform's own STFT: 0 for the target at any sign and level, ~1 for
+    unrelated noise, and its gradient is finite even for a silent output (no angle() at zero magnitude)."""
+    from pqvae_hf.vocoder_training import PhaseDerivativeLoss
+
+    config = small_config()
+    loss = PhaseDerivativeLoss(config)
+    target = sine_sweeps(8192, batch=2)
+    for prediction in (target, -target, 3.0 * target):
+        frequency, delay = loss.output_errors(prediction, target)
+        assert float(frequency) < 1e-3 and float(delay) < 1e-3
+    noise = torch.randn(target.shape, generator=torch.Generator().manual_seed(0)) * 0.1
+    frequency, delay = loss.output_errors(noise, target)
+    assert 0.7 < float(frequency) < 1.5 and 0.7 < float(delay) < 1.5  # chord distances lie in [0, 2]
+    silent = torch.zeros_like(target, requires_grad=True)
+    sum(loss.output_errors(silent, target)).backward()
+    assert torch.isfinite(silent.grad).all()
+    # A delayed copy (2.5 ms) has nearly the right instantaneous frequency (the sweeps move a little) but the wrong
+    # group delay.
+    delayed = torch.roll(target, 40, dims=-1)
+    frequency, delay = loss.output_errors(delayed, target)
+    assert float(delay) > 1.5 * float(frequency) and float(delay) > 0.15
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Magnitude prior: the network corrects the mel's pseudo-inverse magnitude instead of predicting it whole
 # --------------------------------------------------------------------------------------------------------------------
