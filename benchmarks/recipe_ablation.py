@@ -45,6 +45,9 @@ CANDIDATES = {
     "cand_phase3_24c": "cand_prior24c_tok90's vocoder continued 4,000 steps with APNet's phase-derivative losses,"
                        " weight 3 (scripts/vocoder_phase_loss_ablation.sh)",
     "cand_phase10_24c": "the same with phase-loss weight 10",
+    "cand_outphase3_prior24c": "cand_prior24c_tok90's vocoder continued 4,000 steps with the phase losses on the output"
+                               " waveform's phase (--phase_loss_on output), weight 3",
+    "cand_outphase3_24c": "the shipped vocoder (4e, no prior) continued the same way",
 }
 
 
@@ -98,7 +101,9 @@ def main() -> int:
             " runs the FLAC pack (16-bit for `cpu_tokenizer`, `cpu_vocoder_a`, `cpu_vocoder_b`; 24-bit for the `_24bit*` and"
             " `cpu_vocoder_c` / `_d` / `_e` / `_f_*` / `_g_*` runs: 16-bit rounding noise filled the empty 4-8 kHz band of 8 kHz recordings, so pack"
             " numbers of the 16-bit runs are not comparable with the original files). The quality table scores candidate checkpoints on the original"
-            " validation files with `benchmarks/codec_quality.py --split validation`.", "",
+            " validation files with `benchmarks/codec_quality.py --split validation`. Vocoder runs since `_g_*` also report the"
+            " anti-wrapped instantaneous-frequency / group-delay errors of the network's predicted phase (radians,"
+            " `PhaseDerivativeLoss`; the output waveform's phase is scored by `benchmarks/vocoder_diagnostics.py`).", "",
             "## Training runs", "", *run_table(), "", "## Candidate checkpoints and baselines (original audio)", "",
             *quality_table(), ""]
     os.makedirs(RESULTS, exist_ok=True)
