@@ -48,6 +48,7 @@ CANDIDATES = {
     "cand_outphase3_prior24c": "cand_prior24c_tok90's vocoder continued 4,000 steps with the phase losses on the output"
                                " waveform's phase (--phase_loss_on output), weight 3",
     "cand_outphase3_24c": "the shipped vocoder (4e, no prior) continued the same way",
+    "cand_outphase3_prior24c_b": "cand_outphase3_prior24c's vocoder continued 4,000 more steps the same way",
 }
 
 

@@ -6,6 +6,7 @@
 #                              (runs/cpu/voc_prior24c_tok90 of scripts/vocoder_magnitude_prior_ablation.sh)
 #   outphase3_prior24c:        on the output waveform's phase (--phase_loss_on output), weight 3, from the same
 #   outphase3_24c:             the same from the shipped vocoder (stage 4e, no prior)
+#   outphase3_prior24c_b:      outphase3_prior24c continued 4,000 more steps the same way (does it keep improving?)
 # Each run is one thread (two at once on two cores, ~45 min); each vocoder is then merged with the tokenizer into
 # runs/cand_<run> and scored on the validation split by benchmarks/codec_quality.py (cached systems:
 # benchmarks/results/codec_quality_validation).
@@ -34,7 +35,8 @@ phase_run voc_outphase3_prior24c voc_prior24c_tok90 $PRIOR --phase_weight 3 --ph
 FIRST=$!
 phase_run voc_outphase3_24c voc_tok24c_finetune --phase_weight 3 --phase_loss_on output
 wait $FIRST
-for run in phase3_24c phase10_24c outphase3_prior24c outphase3_24c; do
+phase_run voc_outphase3_prior24c_b voc_outphase3_prior24c $PRIOR --phase_weight 3 --phase_loss_on output --eval_steps 2000
+for run in phase3_24c phase10_24c outphase3_prior24c outphase3_24c outphase3_prior24c_b; do
   $PY -c "from pqvae_hf.assemble_checkpoint import assemble; \
 assemble('runs/cpu/tok_real_finetune24c', 'runs/cpu/voc_${run}', 'runs/cand_${run}')"
   $PY -c "import json; json.dump({'cpu_voc_${run}': json.load(open('runs/cpu/voc_${run}/log.json'))}, \
@@ -44,7 +46,7 @@ done
 $PY benchmarks/codec_quality.py --corpus_dir "$CORPUS" --split validation --skip_baselines \
   --checkpoint runs/cand_tok24c_ve --checkpoint runs/cand_prior24c_tok90 \
   --checkpoint runs/cand_phase3_24c --checkpoint runs/cand_phase10_24c --checkpoint runs/cand_outphase3_prior24c \
-  --checkpoint runs/cand_outphase3_24c
+  --checkpoint runs/cand_outphase3_24c --checkpoint runs/cand_outphase3_prior24c_b
 $PY benchmarks/vocoder_diagnostics.py --corpus_dir "$CORPUS" --checkpoint runs/cand_phase10_24c \
   --output_dir benchmarks/results/vocoder_diagnostics/phase_loss
 $PY benchmarks/vocoder_diagnostics.py --corpus_dir "$CORPUS" --checkpoint runs/cand_outphase3_prior24c \
