@@ -143,15 +143,19 @@ class PhaseDerivativeLoss(torch.nn.Module):
         return torch.stft(waveform.float(), self.n_fft, hop_length=self.hop_length, win_length=self.win_length,
                           window=self.window, center=True, pad_mode="constant", return_complex=True)
 
+    def _weighted_mean(self, error: torch.Tensor, magnitude: torch.Tensor, dim: int) -> torch.Tensor:
+        """Mean of an error between neighbours along `dim` (B, K, F) -> (one fewer along `dim`), each pair weighted by
+        the geometric mean of the target's two magnitudes, so that only bins with energy count."""
+        weight = torch.sqrt(magnitude.narrow(dim, 1, magnitude.shape[dim] - 1)
+                            * magnitude.narrow(dim, 0, magnitude.shape[dim] - 1))
+        return (weight * error).sum() / weight.sum().clamp_min(self.eps)
+
     def forward(self, phase: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         spec = self.stft(target)
         magnitude, true_phase = spec.abs(), spec.angle()
-        weight_t = torch.sqrt(magnitude[..., 1:] * magnitude[..., :-1])
-        weight_f = torch.sqrt(magnitude[:, 1:] * magnitude[:, :-1])
-        error_t = anti_wrap(phase.diff(dim=-1) - true_phase.diff(dim=-1))
-        error_f = anti_wrap(phase.diff(dim=1) - true_phase.diff(dim=1))
-        frequency = (weight_t * error_t).sum() / weight_t.sum().clamp_min(self.eps)
-        delay = (weight_f * error_f).sum() / weight_f.sum().clamp_min(self.eps)
+        frequency, delay = (
+            self._weighted_mean(anti_wrap(phase.diff(dim=dim) - true_phase.diff(dim=dim)), magnitude, dim)
+            for dim in (-1, 1))
         return frequency, delay
 
     def output_errors(self, prediction: torch.Tensor, target: torch.Tensor,
@@ -170,17 +174,13 @@ class PhaseDerivativeLoss(torch.nn.Module):
 
         predicted, true = unit(predicted), unit(true)
 
-        def chord(dim: int) -> torch.Tensor:
-            later = [slice(None)] * predicted.dim()
-            earlier = list(later)
-            later[dim], earlier[dim] = slice(1, None), slice(None, -1)
-            later, earlier = tuple(later), tuple(earlier)
-            step_predicted = predicted[later] * predicted[earlier].conj()
-            step_true = true[later] * true[earlier].conj()
-            weight = torch.sqrt(magnitude[later] * magnitude[earlier])
-            return (weight * (step_predicted - step_true).abs()).sum() / weight.sum().clamp_min(self.eps)
+        def step(z: torch.Tensor, dim: int) -> torch.Tensor:  # unit phase difference between neighbours along dim
+            count = z.shape[dim] - 1
+            return z.narrow(dim, 1, count) * z.narrow(dim, 0, count).conj()
 
-        return chord(-1), chord(1)
+        frequency, delay = (
+            self._weighted_mean((step(predicted, dim) - step(true, dim)).abs(), magnitude, dim) for dim in (-1, 1))
+        return frequency, delay
 
 
 def synthesize(vocoder: PQVAEVocoder, log_mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
