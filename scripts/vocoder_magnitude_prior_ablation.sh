@@ -11,17 +11,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CORPUS=${1:-data/speech_corpus}
-export HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1
-PY=.venv/bin/python
-finished() { grep -q '"final_eval"' "$1/log.json" 2>/dev/null; }
-vocoder() {  # OUTPUT EXTRA_ARGS...
+source scripts/vocoder_ablation_common.sh
+vocoder() {  # OUTPUT EXTRA_ARGS...: 6,000 steps from the shipped vocoder unless EXTRA_ARGS say otherwise
   local out=$1; shift
-  finished "runs/cpu/$out" || $PY -m pqvae_hf.packed_training vocoder \
-    --pack_dir data/packed_flac --cache_dir runs/cpu/decoded24 --device cpu --num_workers 1 --max_steps 6000 \
-    --decoded_mel_fraction 0.7 --adversarial_start_step 100000000 --batch_size 16 --segment_seconds 1.0 \
-    --warmup_steps 50 --logging_steps 100 --eval_steps 1500 --eval_clips 64 \
-    --output_dir "runs/cpu/$out" --tokenizer runs/cpu/tok_real_finetune24c \
-    --init_vocoder runs/cpu/voc_tok24c_finetune/vocoder --learning_rate 1e-4 "$@" > "runs/cpu/$out.log" 2>&1
+  ablation_vocoder "$out" --max_steps 6000 --eval_steps 1500 --init_vocoder runs/cpu/voc_tok24c_finetune/vocoder "$@"
 }
 vocoder voc_prior24c --config_overrides vocoder_magnitude_prior=mel_pseudo_inverse --restart_magnitude_from_prior &
 PRIOR=$!
@@ -31,10 +24,7 @@ wait $PRIOR
 vocoder voc_prior24c_tok90 --config_overrides vocoder_magnitude_prior=mel_pseudo_inverse \
   --init_vocoder runs/cpu/voc_prior24c/vocoder --max_steps 1600 --decoded_mel_fraction 0.9 --eval_steps 1600
 for run in prior24c control24c prior24c_tok90; do
-  $PY -c "from pqvae_hf.assemble_checkpoint import assemble; \
-assemble('runs/cpu/tok_real_finetune24c', 'runs/cpu/voc_${run}', 'runs/cand_${run}')"
-  $PY -c "import json; json.dump({'cpu_voc_${run}': json.load(open('runs/cpu/voc_${run}/log.json'))}, \
-open('benchmarks/results/shipped_recipe/cpu_vocoder_f_${run}.json', 'w'), indent=1)"
+  merge_candidate "$run" f
 done
 # The shipped checkpoint merged the same way (its validation scores are cached under this name).
 [ -f runs/cand_tok24c_ve/config.json ] || $PY -c "from pqvae_hf.assemble_checkpoint import assemble; \

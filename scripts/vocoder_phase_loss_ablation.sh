@@ -14,17 +14,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CORPUS=${1:-data/speech_corpus}
-export HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1
-PY=.venv/bin/python
-finished() { grep -q '"final_eval"' "$1/log.json" 2>/dev/null; }
-phase_run() {  # OUTPUT INIT_VOCODER_RUN EXTRA_ARGS...
+source scripts/vocoder_ablation_common.sh
+phase_run() {  # OUTPUT INIT_VOCODER_RUN EXTRA_ARGS...: 4,000 steps
   local out=$1 init=$2; shift 2
-  finished "runs/cpu/$out" || $PY -m pqvae_hf.packed_training vocoder \
-    --pack_dir data/packed_flac --cache_dir runs/cpu/decoded24 --device cpu --num_workers 1 --max_steps 4000 \
-    --decoded_mel_fraction 0.7 --adversarial_start_step 100000000 --batch_size 16 --segment_seconds 1.0 \
-    --warmup_steps 50 --logging_steps 100 --eval_steps 1000 --eval_clips 64 \
-    --output_dir "runs/cpu/$out" --tokenizer runs/cpu/tok_real_finetune24c --init_vocoder "runs/cpu/$init/vocoder" \
-    --learning_rate 1e-4 "$@" > "runs/cpu/$out.log" 2>&1
+  ablation_vocoder "$out" --max_steps 4000 --eval_steps 1000 --init_vocoder "runs/cpu/$init/vocoder" "$@"
 }
 PRIOR="--config_overrides vocoder_magnitude_prior=mel_pseudo_inverse"
 phase_run voc_phase3_24c voc_prior24c_tok90 $PRIOR --phase_weight 3 &
@@ -37,10 +30,7 @@ phase_run voc_outphase3_24c voc_tok24c_finetune --phase_weight 3 --phase_loss_on
 wait $FIRST
 phase_run voc_outphase3_prior24c_b voc_outphase3_prior24c $PRIOR --phase_weight 3 --phase_loss_on output --eval_steps 2000
 for run in phase3_24c phase10_24c outphase3_prior24c outphase3_24c outphase3_prior24c_b; do
-  $PY -c "from pqvae_hf.assemble_checkpoint import assemble; \
-assemble('runs/cpu/tok_real_finetune24c', 'runs/cpu/voc_${run}', 'runs/cand_${run}')"
-  $PY -c "import json; json.dump({'cpu_voc_${run}': json.load(open('runs/cpu/voc_${run}/log.json'))}, \
-open('benchmarks/results/shipped_recipe/cpu_vocoder_g_${run}.json', 'w'), indent=1)"
+  merge_candidate "$run" g
 done
 # The table keeps the shipped vocoder and the prior run this continues (scores cached by the prior ablation).
 $PY benchmarks/codec_quality.py --corpus_dir "$CORPUS" --split validation --skip_baselines \

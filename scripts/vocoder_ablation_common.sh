@@ -1,0 +1,26 @@
+# Shared by the vocoder ablations (scripts/vocoder_*_ablation.sh; source it after `cd` to the repository root). They
+# all continue a vocoder on the shipped tokenizer's decoded mels (stage 3d of scripts/train_shipped_checkpoint.sh),
+# one thread per run, and need that recipe's runs/cpu.
+export HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1
+PY=.venv/bin/python
+finished() { grep -q '"final_eval"' "$1/log.json" 2>/dev/null; }
+
+# ablation_vocoder OUTPUT ARGS...: one vocoder run into runs/cpu/OUTPUT (log: runs/cpu/OUTPUT.log), skipped when it
+# has finished. ARGS name at least --init_vocoder, --max_steps and --eval_steps; a flag given twice takes its last value.
+ablation_vocoder() {
+  local out=$1; shift
+  finished "runs/cpu/$out" || $PY -m pqvae_hf.packed_training vocoder \
+    --pack_dir data/packed_flac --cache_dir runs/cpu/decoded24 --device cpu --num_workers 1 \
+    --decoded_mel_fraction 0.7 --adversarial_start_step 100000000 --batch_size 16 --segment_seconds 1.0 \
+    --warmup_steps 50 --logging_steps 100 --eval_clips 64 --learning_rate 1e-4 \
+    --output_dir "runs/cpu/$out" --tokenizer runs/cpu/tok_real_finetune24c "$@" > "runs/cpu/$out.log" 2>&1
+}
+
+# merge_candidate RUN LOG_GROUP: runs/cpu/voc_RUN merged with the tokenizer into runs/cand_RUN, and its log.json kept as
+# benchmarks/results/shipped_recipe/cpu_vocoder_LOG_GROUP_RUN.json (read by benchmarks/recipe_ablation.py).
+merge_candidate() {
+  $PY -c "from pqvae_hf.assemble_checkpoint import assemble; \
+assemble('runs/cpu/tok_real_finetune24c', 'runs/cpu/voc_$1', 'runs/cand_$1')"
+  $PY -c "import json; json.dump({'cpu_voc_$1': json.load(open('runs/cpu/voc_$1/log.json'))}, \
+open('benchmarks/results/shipped_recipe/cpu_vocoder_$2_$1.json', 'w'), indent=1)"
+}
