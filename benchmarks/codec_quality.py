@@ -205,6 +205,7 @@ def _model_runner(models: _ModelCache, folder: str, source: str, vocoder: str, c
             codes = encode_long(model, model_audio, chunk_seconds=chunk_seconds)
             bits = int(codes.shape[-1] * config.bits_per_frame)
             mel, _ = decode_long(model, codes, chunk_seconds=chunk_seconds, return_waveform=False)
+            mel = model.postfilter_mel(mel[None])[0]  # what `decode` gives the vocoder (identity at contrast 1)
         else:
             mel = model.front_end(torch.from_numpy(np.ascontiguousarray(model_audio))[None])[0]
         if vocoder == "neural":

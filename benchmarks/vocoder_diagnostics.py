@@ -194,6 +194,7 @@ def main(argv=None) -> dict:
             true_mel = model.front_end(torch.from_numpy(audio)[None])
             codes = encode_long(model, audio)
             token_mel, _ = decode_long(model, codes, return_waveform=False)
+            token_mel = model.postfilter_mel(token_mel[None])[0]  # the vocoder's input in `decode`
             for source, log_mel in (("true mel", true_mel), ("token mel", token_mel[None])):
                 waveforms, magnitude_error, phase_error = diagnose_clip(model, griffin_lim, phase_loss, audio, log_mel)
                 for name, waveform in waveforms.items():

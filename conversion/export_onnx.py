@@ -121,7 +121,7 @@ class OnnxDecoder(nn.Module):
         mel = self.model._decode_latents(latents, frame_mask)
         if self.istft is None:
             return (mel,)
-        magnitude, phase = self.model.vocoder.magnitude_and_phase(mel)
+        magnitude, phase = self.model.vocoder.magnitude_and_phase(self.model.postfilter_mel(mel, frame_mask))
         return mel, self.istft(magnitude * torch.cos(phase), magnitude * torch.sin(phase))
 
 

@@ -65,7 +65,8 @@ class PQVAEDecoderOutput(ModelOutput):
         Reconstructed waveform (None when `config.vocoder == "none"` or `return_waveform=False`). With a
         `padding_mask`, it has the mask's length and is zero past each example's length.
     mel (`torch.FloatTensor` of shape `(batch_size, num_mel_bins, num_frames)`):
-        Reconstructed natural-log mel spectrogram.
+        Reconstructed natural-log mel spectrogram: the decoder's estimate (the vocoder renders it after
+        `PQVAEModel.postfilter_mel`).
     """
 
     audio_values: torch.FloatTensor | None = None
@@ -525,7 +526,8 @@ class PQVAEModel(PQVAEPreTrainedModel):
             return_waveform (`bool`, defaults to `True`): run the vocoder; `False` returns only the log-mel.
 
         Returns:
-            [`PQVAEDecoderOutput`] with `mel` (B, num_mel_bins, F) and `audio_values` (B, 1, samples) or None.
+            [`PQVAEDecoderOutput`] with `mel` (B, num_mel_bins, F), the decoder's log-mel estimate, and `audio_values`
+            (B, 1, samples) or None: the vocoder's rendering of `postfilter_mel(mel)`.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         self._check_codes(audio_codes)
@@ -546,8 +548,9 @@ class PQVAEModel(PQVAEPreTrainedModel):
             mel = mel.masked_fill(~frame_mask[:, None, :].bool(), math.log(self.config.log_floor))
         audio_values = None
         if return_waveform and self.vocoder is not None:
+            vocoder_input = self.postfilter_mel(mel, frame_mask)
             # With padding, the vocoder sees only each example's own frames: batched audio equals audio decoded alone.
-            audio = self.vocoder(mel, frame_mask if padding_mask is not None else None)  # (B, (F - 1) * hop)
+            audio = self.vocoder(vocoder_input, frame_mask if padding_mask is not None else None)  # (B, (F-1) * hop)
             if padding_mask is not None:
                 audio = F.pad(audio, (0, max(0, padding_mask.shape[-1] - audio.shape[-1])))[:, : padding_mask.shape[-1]]
                 audio = audio * padding_mask.to(audio.dtype)
@@ -555,6 +558,28 @@ class PQVAEModel(PQVAEPreTrainedModel):
         if not return_dict:
             return audio_values, mel
         return PQVAEDecoderOutput(audio_values=audio_values, mel=mel)
+
+    def postfilter_mel(self, mel: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Global-variance post-filter for a log-mel decoded from tokens, applied before the vocoder.
+
+        mel (B, num_mel_bins, F) -> (B, num_mel_bins, F): on valid frames, `mean + c * (mel - mean)` with `mean` each
+        band's mean over the example's valid frames and `c = config.decoded_mel_contrast`; padded frames are returned
+        unchanged. The decoder, trained to minimise an L1 error from codes that cannot pin down every detail, predicts
+        a flattened mel; stretching each band around its own mean restores contrast the vocoder would otherwise
+        render as muffled speech (global-variance compensation, as in statistical speech synthesis). Per example and
+        over valid frames only, so an example gives the same result batched or alone. `decode` applies it to the
+        vocoder's input (its returned `mel` is the decoder's own estimate); code that vocodes a mel from
+        `decode(..., return_waveform=False)` calls it too. Identity when the factor is 1.
+        """
+        contrast = self.config.decoded_mel_contrast
+        if contrast == 1.0:
+            return mel
+        if frame_mask is None:
+            mean = mel.mean(dim=-1, keepdim=True)
+            return mean + contrast * (mel - mean)
+        valid = frame_mask[:, None, :].to(mel.dtype)
+        mean = (mel * valid).sum(-1, keepdim=True) / valid.sum(-1, keepdim=True).clamp_min(1.0)
+        return torch.where(valid.bool(), mean + contrast * (mel - mean), mel)
 
     def forward(
         self,

@@ -247,7 +247,7 @@ def evaluate_waveforms(model, audios, progress: bool = True, total: int | None =
     scores = {name: {"stoi": [], "pesq_wb": [], "log_mel_l1": []} for name in vocoders}
     for audio in tqdm(audios, desc="Waveforms", disable=not progress, total=total):
         codes = model.encode(torch.from_numpy(audio)[None, None]).audio_codes
-        mel = model.decode(codes, return_waveform=False).mel
+        mel = model.postfilter_mel(model.decode(codes, return_waveform=False).mel)  # what `decode` vocodes
         for name, vocoder in vocoders.items():
             waveform = vocoder(mel)[0].numpy()
             waveform = np.pad(waveform, (0, max(0, len(audio) - len(waveform))))[: len(audio)]

@@ -109,7 +109,8 @@ def decode_long(model: PQVAEModel, codes: torch.Tensor, num_samples: int | None 
     mel = torch.cat(mels, dim=-1)
     if not return_waveform or model.vocoder is None:
         return mel, None
-    audio = vocode_long(model, mel, chunk_frames=chunk_frames, progress=progress)
+    # The post-filter's band means span the whole clip, as when `decode` gets it in one piece.
+    audio = vocode_long(model, model.postfilter_mel(mel[None])[0], chunk_frames=chunk_frames, progress=progress)
     if num_samples is not None:
         audio = torch.nn.functional.pad(audio, (0, max(0, num_samples - audio.shape[-1])))[:num_samples]
     return mel, audio

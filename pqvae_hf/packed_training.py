@@ -388,6 +388,7 @@ def train_vocoder(args) -> dict:
         with torch.no_grad():
             encoded = tokenizer.encode(batch[decoded, None], mask[decoded])
             token_mel = tokenizer.decode(encoded.audio_codes, mask[decoded], return_waveform=False).mel
+            token_mel = tokenizer.postfilter_mel(token_mel, encoded.frame_mask)  # as `decode` feeds its vocoder
         mel = true_mel.clone()
         # Frames past a short clip's end keep the true (silent) mel: they are padding, not tokens.
         mel[decoded] = torch.where(encoded.frame_mask[:, None, :].bool(), token_mel, true_mel[decoded])

@@ -238,13 +238,13 @@ def test_bad_codes_raise_clear_errors(tiny_model):
     assert np.array_equal(tiny_model.composite_to_codes(torch.tensor([[255]])).numpy(), [[[15], [15]]])
 
 
-@pytest.mark.parametrize("vocoder", ["neural", "griffin_lim"])
-def test_batched_decode_equals_each_example_decoded_alone(vocoder):
+@pytest.mark.parametrize("vocoder, contrast", [("neural", 1.0), ("griffin_lim", 1.0), ("neural", 1.3)])
+def test_batched_decode_equals_each_example_decoded_alone(vocoder, contrast):
     """Padding never leaks into a shorter example's mel or audio: vocoder convolutions and the inverse STFT's
-    overlap-add see only its own frames."""
+    overlap-add see only its own frames, and the post-filter's band means only its own valid frames."""
     torch.manual_seed(0)
     model = warm_up(PQVAEModel(tiny_config(vocoder=vocoder, vocoder_hidden_size=32, vocoder_intermediate_size=64,
-                                           vocoder_num_layers=2)))
+                                           vocoder_num_layers=2, decoded_mel_contrast=contrast)))
     audio, batch = _features(model, [1.0, 0.37, 0.61, 0.05, 0.3], seed=3)
     codes = model.encode(**batch).audio_codes
     # Garbage codes in the padded frames must not matter either.
@@ -367,3 +367,46 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     assert gradients[True].keys() == gradients[False].keys()
     for name in gradients[False]:
         torch.testing.assert_close(gradients[True][name], gradients[False][name], atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_postfilter_mel_stretches_each_band_around_its_mean_over_valid_frames():
+    model = PQVAEModel(tiny_config(decoded_mel_contrast=1.25))
+    generator = torch.Generator().manual_seed(0)
+    mel = torch.randn(2, model.config.num_mel_bins, 30, generator=generator) - 4.0
+    frame_mask = torch.ones(2, 30, dtype=torch.long)
+    frame_mask[1, 18:] = 0
+    out = model.postfilter_mel(mel, frame_mask)
+    for index, valid in ((0, 30), (1, 18)):
+        before, after = mel[index, :, :valid], out[index, :, :valid]
+        # Each band keeps its mean and its deviations grow by exactly the factor.
+        torch.testing.assert_close(after.mean(-1), before.mean(-1), atol=1e-5, rtol=0)
+        torch.testing.assert_close(after - after.mean(-1, keepdim=True),
+                                   1.25 * (before - before.mean(-1, keepdim=True)), atol=1e-5, rtol=0)
+        torch.testing.assert_close(after.std(-1) / before.std(-1), torch.full((mel.shape[1],), 1.25))
+    assert torch.equal(out[1, :, 18:], mel[1, :, 18:])  # padded frames untouched
+    # Alone (no mask) equals batched with its mask; the factor 1 returns the mel itself.
+    torch.testing.assert_close(model.postfilter_mel(mel[1:, :, :18]), out[1:, :, :18], atol=1e-6, rtol=0)
+    off = PQVAEModel(tiny_config())
+    assert off.postfilter_mel(mel, frame_mask) is mel
+    with pytest.raises(ValueError, match="decoded_mel_contrast"):
+        tiny_config(decoded_mel_contrast=0.0)
+
+
+def test_decode_vocodes_the_postfiltered_mel_and_returns_the_decoders_own():
+    from pqvae_hf.inference import decode_long
+
+    torch.manual_seed(0)
+    model = warm_up(PQVAEModel(tiny_config(vocoder="neural", vocoder_hidden_size=32, vocoder_intermediate_size=64,
+                                           vocoder_num_layers=2, decoded_mel_contrast=1.3)))
+    audio = chirp(6.0, model.config.sampling_rate, 4)
+    with torch.no_grad():
+        codes = model.encode(torch.from_numpy(audio)[None, None]).audio_codes
+        decoded = model.decode(codes)
+        plain = model.decode(codes, return_waveform=False).mel
+        torch.testing.assert_close(decoded.mel, plain)
+        torch.testing.assert_close(decoded.audio_values[:, 0], model.vocoder(model.postfilter_mel(plain)))
+        assert float((decoded.audio_values[:, 0] - model.vocoder(plain)).abs().max()) > 1e-3  # the filter acts
+        # Decoded in 1.5 s chunks, the band means still span the whole clip: the same audio as in one piece.
+        mel_long, audio_long = decode_long(model, codes[0], chunk_seconds=1.5)
+    torch.testing.assert_close(mel_long, plain[0], atol=1e-4, rtol=0)
+    torch.testing.assert_close(audio_long, decoded.audio_values[0, 0], atol=1e-4, rtol=0)

@@ -37,12 +37,14 @@ def test_export_and_onnxruntime_parity_with_dynamic_axes(tmp_path):
     assert mel.shape == (3, 20, length // 64 + 1) and audio.shape == (3, (length // 64) * 64)
 
 
-def test_export_parity_with_the_vocoder_magnitude_prior(tmp_path):
-    """The prior (mel pseudo-inverse magnitude + a learnt correction) is plain matmul / log / exp: it exports and
-    matches torch; the correction rows are made non-zero so the test sees both terms."""
+def test_export_parity_with_the_vocoder_magnitude_prior_and_the_mel_postfilter(tmp_path):
+    """The prior (mel pseudo-inverse magnitude + a learnt correction) is plain matmul / log / exp and the decoded
+    mel's post-filter a masked mean: both export and match torch; the correction rows are made non-zero so the test
+    sees both terms."""
     torch.manual_seed(0)
     model = warm_up(PQVAEModel(tiny_config(vocoder="neural", vocoder_hidden_size=32, vocoder_intermediate_size=64,
-                                           vocoder_num_layers=2, vocoder_magnitude_prior="mel_pseudo_inverse")))
+                                           vocoder_num_layers=2, vocoder_magnitude_prior="mel_pseudo_inverse",
+                                           decoded_mel_contrast=1.2)))
     with torch.no_grad():
         model.vocoder.proj_out.weight[: model.vocoder.num_freq_bins].normal_(std=0.02)
     result = verify(model, export(model, str(tmp_path)))

@@ -119,6 +119,11 @@ class PQVAEConfig(PreTrainedConfig):
             a log-magnitude correction to the mel filterbank's pseudo-inverse (Griffin-Lim's magnitude) instead of
             the whole log-magnitude; `"none"` predicts it directly.
         griffin_lim_iters (`int`, defaults to 32).
+        decoded_mel_contrast (`float`, defaults to 1.0): global-variance post-filter on the log-mel decoded from
+            tokens, before the vocoder: each mel band's deviation from its mean over the example's valid frames is
+            multiplied by this factor (see `PQVAEModel.postfilter_mel`). A decoder trained with an L1 loss regresses
+            towards the mean and flattens the mel's contrast; a factor slightly above 1 restores some of it. 1.0 turns
+            it off. It acts on decoded mels only (never on a mel computed from audio) and only at inference.
     """
 
     model_type = "pqvae"
@@ -174,6 +179,7 @@ class PQVAEConfig(PreTrainedConfig):
     vocoder_num_layers: int = 6
     vocoder_magnitude_prior: str = "none"
     griffin_lim_iters: int = 32
+    decoded_mel_contrast: float = 1.0
 
     def __post_init__(self, **kwargs):
         if self.win_length is None:
@@ -268,6 +274,9 @@ class PQVAEConfig(PreTrainedConfig):
         for name in ("ema_decay", "usage_decay"):
             if not 0 < getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be in (0, 1), got {getattr(self, name)}.")
+        if self.decoded_mel_contrast <= 0:
+            raise ValueError(f"`decoded_mel_contrast` must be > 0 (1.0 turns the post-filter off), got"
+                             f" {self.decoded_mel_contrast}.")
         if self.entropy_temperature <= 0:
             raise ValueError(f"`entropy_temperature` must be > 0, got {self.entropy_temperature}.")
         if self.subspace_rotation not in SUBSPACE_ROTATIONS:
