@@ -26,8 +26,9 @@ from .packed_training import load_parts, load_tokenizer, parse_overrides
 def assemble(tokenizer_dir: str, vocoder: str, output: str, vocoder_overrides: dict | None = None) -> PQVAEModel:
     """Tokenizer folder (`pqvae-train` or `pqvae_hf.packed_training` output) + vocoder weights (a `.safetensors` state
     dict of `PQVAEVocoder`, or a `packed_training vocoder` output folder) -> one model saved in `output`.
-    `vocoder_overrides`: the vocoder's fields (size, magnitude prior) when they differ from the tokenizer config's;
-    a vocoder folder's own config.json supplies its `vocoder_*` fields first."""
+    `vocoder_overrides`: the vocoder's fields (size, magnitude prior) when they differ from the tokenizer config's,
+    and decode-time settings such as `decoded_mel_contrast`; a vocoder folder's own config.json supplies its
+    `vocoder_*` fields first."""
     tokenizer = load_tokenizer(tokenizer_dir)
     # A vocoder folder's own config says how its weights are read (size, magnitude prior): the weights of a vocoder
     # with a magnitude prior have the same shapes as without, so a wrong prior would load silently and sound wrong.
@@ -110,6 +111,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="vocoder.safetensors (pqvae_hf.vocoder_training) or a packed_training vocoder folder")
     parser.add_argument("--vocoder_config_overrides", default=None,
                         help="vocoder size when not the default, e.g. 'vocoder_hidden_size=320,vocoder_num_layers=8'")
+    parser.add_argument("--decoded_mel_contrast", type=float, default=None,
+                        help="the decoded mel's post-filter factor (config.decoded_mel_contrast), tuned on validation"
+                             " by scripts/mel_postfilter_sweep.sh; default: the tokenizer config's")
     parser.add_argument("--vocoder_metrics", default=None, help="vocoder_metrics.json from the vocoder run")
     parser.add_argument("--corpus_dir", required=True, help="speech corpus (for the test split and licences)")
     parser.add_argument("--output", required=True)
@@ -122,7 +126,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="facts for the model card, e.g. 'training command=...'")
     args = parser.parse_args(argv)
 
-    assemble(args.tokenizer, args.vocoder, args.output, parse_overrides(args.vocoder_config_overrides))
+    overrides = parse_overrides(args.vocoder_config_overrides)
+    if args.decoded_mel_contrast is not None:
+        overrides["decoded_mel_contrast"] = args.decoded_mel_contrast
+    assemble(args.tokenizer, args.vocoder, args.output, overrides)
     evaluation = evaluate_main(["--model", args.output, "--dataset_dir", args.corpus_dir, "--split", "test",
                                 "--split_column", "split", "--waveform_clips", str(args.waveform_clips),
                                 "--output", os.path.join(args.output, "eval_results.json")])

@@ -195,6 +195,12 @@ def test_vocoder_with_magnitude_prior_from_a_plain_one_and_assembled(pack, tmp_p
     pseudo_inverse = torch.linalg.pinv(model.front_end.mel_filters.double()).float()
     expected = (pseudo_inverse @ log_mel.exp()).clamp_min(model.config.log_floor)
     torch.testing.assert_close(magnitude, expected, atol=1e-5, rtol=1e-4)
+    # A decode-time setting passed at assembly lands in the saved config; the vocoder's fields are kept.
+    tuned = assemble(str(tmp_path / "tok"), str(tmp_path / "prior"), str(tmp_path / "tuned"),
+                     {"decoded_mel_contrast": 1.2})
+    saved = json.loads((tmp_path / "tuned" / "config.json").read_text())
+    assert saved["decoded_mel_contrast"] == 1.2 and saved["vocoder_magnitude_prior"] == "mel_pseudo_inverse"
+    assert tuned.config.decoded_mel_contrast == 1.2
 
 
 def test_discriminators_score_each_sub_discriminator_and_losses_vanish_when_matched():
