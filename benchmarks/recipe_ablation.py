@@ -18,7 +18,10 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results", "shipped_recipe")
-QUALITY = os.path.join(HERE, "results", "codec_quality_validation", "systems")
+# Validation caches of benchmarks/codec_quality.py: the candidates' runs and scripts/mel_postfilter_sweep.sh's (the
+# Codec2 / Opus systems appear in each; a system is read once, by name).
+QUALITY = tuple(os.path.join(HERE, "results", name, "systems") for name in (
+    "codec_quality_validation", "mel_postfilter_validation", "mel_postfilter_validation_tok24d"))
 METRICS = ("stoi", "pesq_wb", "log_mel_db")
 # What each candidate checkpoint folder (runs/cand_*, merged with pqvae_hf.assemble_checkpoint.assemble) holds; step
 # numbers are those of scripts/train_shipped_checkpoint.sh.
@@ -49,16 +52,20 @@ CANDIDATES = {
                                " waveform's phase (--phase_loss_on output), weight 3",
     "cand_outphase3_24c": "the shipped vocoder (4e, no prior) continued the same way",
     "cand_outphase3_prior24c_b": "cand_outphase3_prior24c's vocoder continued 4,000 more steps the same way",
+    **{f"pqvae-speech-small_contrast{factor}": f"cand_tok24c_ve's weights (shipped at stops 18-21) with"
+       f" decoded_mel_contrast={factor} (scripts/mel_postfilter_sweep.sh)" for factor in ("1.0", "1.1", "1.2", "1.3")},
+    **{f"cand_tok24d_vf_contrast{factor}": f"tokenizer 3e (3d continued 4,200 s) + vocoder 4f (4e fine-tuned on 3e's"
+       f" decoded mels), decoded_mel_contrast={factor}" for factor in ("1.0", "1.1")},
 }
 
 
 def quality_table() -> list[str]:
     """Mean STOI / PESQ-WB / log-mel dB of every system in the validation cache, over clips all systems can score."""
     systems = {}
-    for path in sorted(glob.glob(os.path.join(QUALITY, "*.json"))):
+    for path in sorted(path for folder in QUALITY for path in glob.glob(os.path.join(folder, "*.json"))):
         with open(path) as handle:
             data = json.load(handle)
-        systems[data["name"]] = data
+        systems.setdefault(data["name"], data)
     if not systems:
         return ["(no codec_quality validation results found)"]
     common = {m: np.all([[v is not None for v in s["scores"][m]] for s in systems.values()], axis=0) for m in METRICS}

@@ -52,6 +52,8 @@ def write_model_card(output_dir: str, config, metrics: dict | None = None, model
         f"| encoder / decoder | ConvNeXt, {config.num_encoder_layers} / {config.num_decoder_layers} blocks,"
         f" {config.hidden_size} channels |",
         f"| vocoder | {config.vocoder} |",
+        f"| decoded-mel post-filter (`decoded_mel_contrast`) | {config.decoded_mel_contrast:g}"
+        f"{' (off)' if config.decoded_mel_contrast == 1 else ': band deviations from the clip mean x this'} |",
     ]
     if parameters:
         lines.append(f"| parameters | {parameters:,} |")

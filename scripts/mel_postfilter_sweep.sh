@@ -3,10 +3,11 @@
 # validation split: one checkpoint, several factors, everything else identical.
 #
 #   bash scripts/mel_postfilter_sweep.sh [CHECKPOINT] [FACTOR...]      (defaults: the shipped checkpoint; 1.0 1.1 1.2 1.3)
+#   OUT=benchmarks/results/other_dir NUM_WORKERS=1 bash scripts/mel_postfilter_sweep.sh runs/cand_x 1.0 1.1
 #
 # Each factor gets a folder runs/mel_postfilter/<checkpoint>_contrast<FACTOR>: the checkpoint's files linked, its
 # config.json rewritten with that factor. All of them are scored by benchmarks/codec_quality.py on the validation split
-# into benchmarks/results/mel_postfilter_validation (Codec2 / Opus reused from codec_quality_validation's cache: the
+# into $OUT, default benchmarks/results/mel_postfilter_validation (Codec2 / Opus reused from codec_quality_validation's cache: the
 # same 528 clips). Tokens -> vocoder rows differ by the factor only; the true-mel rows never see the post-filter.
 # Validation only: the factor is chosen here, the test split reports it.
 set -euo pipefail
@@ -20,7 +21,7 @@ CORPUS=${PQVAE_CORPUS_DIR:-data/speech_corpus}
 [ -f "$CORPUS/metadata.csv" ] || bash ../shared/data/fetch_speech_corpus.sh "$CORPUS"
 export HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1
 PY=.venv/bin/python
-OUT=benchmarks/results/mel_postfilter_validation
+OUT=${OUT:-benchmarks/results/mel_postfilter_validation}
 mkdir -p "$OUT/systems"
 cp -n benchmarks/results/codec_quality_validation/systems/{Codec2,Opus}_*.json "$OUT/systems/" 2>/dev/null || true
 
