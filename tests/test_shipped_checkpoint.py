@@ -83,7 +83,10 @@ def test_batched_decode_of_real_speech_equals_decoding_alone(model):
         alone = model.decode(codes[1:, :, :valid], torch.ones(1, short.shape[0], dtype=torch.long)).audio_values
         long_alone = model.decode(codes[:1]).audio_values
     torch.testing.assert_close(batched[1, :, : short.shape[0]], alone[0], atol=1e-5, rtol=0)
-    torch.testing.assert_close(batched[0, :, : long_alone.shape[-1]], long_alone[0], atol=1e-5, rtol=0)
+    # The unpadded long clip differs only by float rounding: CPU convolutions pick batch-size-dependent kernels, so its
+    # decoded mel differs by ~3e-6 between a batch of two and one, which this checkpoint's vocoder turns into up to
+    # 1.4e-5 (measured with decoded_mel_contrast 1.0 and 1.1 alike); the padding leak above was 1.2e-3.
+    torch.testing.assert_close(batched[0, :, : long_alone.shape[-1]], long_alone[0], atol=5e-5, rtol=0)
 
 
 @pytest.mark.skipif(not os.path.isfile(os.path.join(CORPUS, "metadata.csv")),
