@@ -386,6 +386,10 @@ def test_postfilter_mel_stretches_each_band_around_its_mean_over_valid_frames():
     assert torch.equal(out[1, :, 18:], mel[1, :, 18:])  # padded frames untouched
     # Alone (no mask) equals batched with its mask; the factor 1 returns the mel itself.
     torch.testing.assert_close(model.postfilter_mel(mel[1:, :, :18]), out[1:, :, :18], atol=1e-6, rtol=0)
+    # Half-precision mels keep their dtype; the band means are taken in float32.
+    half = model.postfilter_mel(mel.bfloat16(), frame_mask)
+    assert half.dtype == torch.bfloat16
+    torch.testing.assert_close(half.float(), out, atol=0.05, rtol=0.01)
     off = PQVAEModel(tiny_config())
     assert off.postfilter_mel(mel, frame_mask) is mel
     with pytest.raises(ValueError, match="decoded_mel_contrast"):

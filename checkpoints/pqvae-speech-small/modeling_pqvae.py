@@ -574,12 +574,14 @@ class PQVAEModel(PQVAEPreTrainedModel):
         contrast = self.config.decoded_mel_contrast
         if contrast == 1.0:
             return mel
+        # The band means are sums over every frame of the clip: float32 even when the model runs in half precision.
+        values = mel.float()
         if frame_mask is None:
-            mean = mel.mean(dim=-1, keepdim=True)
-            return mean + contrast * (mel - mean)
-        valid = frame_mask[:, None, :].to(mel.dtype)
-        mean = (mel * valid).sum(-1, keepdim=True) / valid.sum(-1, keepdim=True).clamp_min(1.0)
-        return torch.where(valid.bool(), mean + contrast * (mel - mean), mel)
+            mean = values.mean(dim=-1, keepdim=True)
+            return (mean + contrast * (values - mean)).to(mel.dtype)
+        valid = frame_mask[:, None, :].float()
+        mean = (values * valid).sum(-1, keepdim=True) / valid.sum(-1, keepdim=True).clamp_min(1.0)
+        return torch.where(valid.bool(), mean + contrast * (values - mean), values).to(mel.dtype)
 
     def forward(
         self,
