@@ -576,10 +576,7 @@ class PQVAEModel(PQVAEPreTrainedModel):
             return mel
         # The band means are sums over every frame of the clip: float32 even when the model runs in half precision.
         values = mel.float()
-        if frame_mask is None:
-            mean = values.mean(dim=-1, keepdim=True)
-            return (mean + contrast * (values - mean)).to(mel.dtype)
-        valid = frame_mask[:, None, :].float()
+        valid = torch.ones_like(values[:, :1]) if frame_mask is None else frame_mask[:, None, :].float()
         mean = (values * valid).sum(-1, keepdim=True) / valid.sum(-1, keepdim=True).clamp_min(1.0)
         return torch.where(valid.bool(), mean + contrast * (values - mean), values).to(mel.dtype)
 
