@@ -354,6 +354,10 @@ def train_vocoder(args) -> dict:
     tokenizer = load_tokenizer(args.tokenizer, device) if args.tokenizer else None
     base = tokenizer.config.to_dict() if tokenizer is not None else {}
     config = PQVAEConfig(**{**base, **parse_overrides(args.config_overrides), "vocoder": "neural"})
+    if tokenizer is not None:
+        # The vocoder learns from the mels `decode` will feed it under this run's config, post-filter included
+        # (`--config_overrides decoded_mel_contrast=1.1` trains on post-filtered token mels).
+        tokenizer.config.decoded_mel_contrast = config.decoded_mel_contrast
     vocoder = PQVAEVocoder(config).to(device)
     if args.init_vocoder:
         state = load_parts(*os.path.split(args.init_vocoder)) if not args.init_vocoder.endswith(".safetensors") \

@@ -203,6 +203,30 @@ def test_vocoder_with_magnitude_prior_from_a_plain_one_and_assembled(pack, tmp_p
     assert tuned.config.decoded_mel_contrast == 1.2
 
 
+def test_vocoder_learns_from_token_mels_post_filtered_by_its_own_config(pack, tmp_path, monkeypatch):
+    """`--config_overrides decoded_mel_contrast=C` trains the vocoder on token mels post-filtered with C (what `decode`
+    will feed it in the merged checkpoint), not with the tokenizer folder's factor."""
+    from pqvae_hf.modeling.modeling_pqvae import PQVAEModel
+
+    main(_tokenizer_args(pack, tmp_path / "tok", 2))
+    assert json.loads((tmp_path / "tok" / "config.json").read_text())["decoded_mel_contrast"] == 1.0
+    seen, original = [], PQVAEModel.postfilter_mel
+
+    def recording(self, mel, frame_mask=None):
+        seen.append(self.config.decoded_mel_contrast)
+        return original(self, mel, frame_mask)
+
+    monkeypatch.setattr(PQVAEModel, "postfilter_mel", recording)
+    args = ["vocoder", "--pack_dir", str(pack), "--output_dir", str(tmp_path / "voc"), "--device", "cpu",
+            "--num_workers", "1", "--max_steps", "2", "--batch_size", "2", "--segment_seconds", "0.25",
+            "--tokenizer", str(tmp_path / "tok"), "--decoded_mel_fraction", "1.0", "--eval_steps", "2",
+            "--adversarial_start_step", "100", "--logging_steps", "1", "--eval_clips", "2", "--config_overrides",
+            "vocoder_hidden_size=16,vocoder_intermediate_size=32,vocoder_num_layers=1,decoded_mel_contrast=1.5"]
+    assert main(args) == 0
+    assert seen and set(seen) == {1.5}
+    assert json.loads((tmp_path / "voc" / "config.json").read_text())["decoded_mel_contrast"] == 1.5
+
+
 def test_discriminators_score_each_sub_discriminator_and_losses_vanish_when_matched():
     waveform = torch.randn(2, 4000)
     for discriminator in (MultiPeriodDiscriminator(), MultiResolutionDiscriminator()):
