@@ -10,7 +10,6 @@ Every TrainingArguments flag works (learning-rate schedule, warm-up, logging/eva
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -23,6 +22,7 @@ from transformers import AutoProcessor, HfArgumentParser, TrainingArguments, set
 
 from . import PQVAEConfig, PQVAEFeatureExtractor, PQVAEModel, PQVAEProcessor
 from .data import AudioCollator, BadAudioReport, add_index_column, drop_bad_audio, load_audio_dataset
+from .packed_training import parse_overrides
 from .trainer import EpochSetterCallback, PQVAETrainer
 
 logger = logging.getLogger("pqvae_hf.train")
@@ -68,19 +68,6 @@ class DataArguments:
                 " Default: the first bad file stops the run with its name and the fix."})
     preprocessing_num_workers: int | None = field(default=None, metadata={
         "help": "Processes for checking audio files with --skip_bad_audio."})
-
-
-def parse_overrides(text: str | None) -> dict:
-    overrides = {}
-    for item in filter(None, (part.strip() for part in (text or "").split(","))):
-        if "=" not in item:
-            raise ValueError(f"config override {item!r} is not key=value.")
-        key, value = item.split("=", 1)
-        try:
-            overrides[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            overrides[key.strip()] = value
-    return overrides
 
 
 def build_model(args: ModelArguments) -> tuple[PQVAEModel, PQVAEProcessor]:
