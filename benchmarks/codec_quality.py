@@ -220,7 +220,9 @@ def _model_runner(models: _ModelCache, folder: str, source: str, vocoder: str, c
     return run
 
 
-def checkpoint_systems(folder: str, models: _ModelCache, chunk_seconds: float) -> list[System]:
+def checkpoint_systems(folder: str, models: _ModelCache, chunk_seconds: float,
+                       inputs: tuple[str, ...] = ("tokens", "true_mel"),
+                       vocoders: tuple[str, ...] = ("neural", "griffin_lim")) -> list[System]:
     from transformers import AutoConfig
 
     import pqvae_hf  # noqa: F401  (registers the pqvae config)
@@ -228,11 +230,11 @@ def checkpoint_systems(folder: str, models: _ModelCache, chunk_seconds: float) -
     config = AutoConfig.from_pretrained(folder)
     label = os.path.basename(os.path.normpath(folder))
     fingerprint = _checkpoint_fingerprint(folder)
-    vocoders = (["neural"] if config.vocoder == "neural" else []) + ["griffin_lim"]
+    available = (["neural"] if config.vocoder == "neural" else []) + ["griffin_lim"]
     vocoder_names = {"neural": "neural vocoder", "griffin_lim": "Griffin-Lim"}
     systems = []
-    for source in ("tokens", "true_mel"):
-        for vocoder in vocoders:
+    for source in inputs:
+        for vocoder in (vocoder for vocoder in available if vocoder in vocoders):
             settings = {"checkpoint": label, "checkpoint_sha256": fingerprint, "input": source, "vocoder": vocoder,
                         "griffin_lim_iters": config.griffin_lim_iters if vocoder == "griffin_lim" else None}
             if source == "tokens":
@@ -244,7 +246,7 @@ def checkpoint_systems(folder: str, models: _ModelCache, chunk_seconds: float) -
             systems.append(System(
                 name, family, settings, nominal,
                 make_runner=lambda s=source, v=vocoder: _model_runner(models, folder, s, v, chunk_seconds)))
-    if config.vocoder != "neural":
+    if config.vocoder != "neural" and systems:
         systems[0].notes.append(f"{label} has no neural vocoder (config.vocoder={config.vocoder!r}): Griffin-Lim only")
     return systems
 
@@ -673,6 +675,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--chunk_seconds", type=float, default=30.0, help="longer clips are encoded in chunks")
     parser.add_argument("--num_workers", type=int, default=1, help="processes for codecs and scoring")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--checkpoint_inputs", nargs="+", choices=("tokens", "true_mel"), default=["tokens", "true_mel"],
+                        help="what each checkpoint's systems vocode: its tokens' decoded mel and/or the true mel")
+    parser.add_argument("--checkpoint_vocoders", nargs="+", choices=("neural", "griffin_lim"),
+                        default=["neural", "griffin_lim"], help="which of each checkpoint's vocoders to score")
     parser.add_argument("--force", action="store_true", help="recompute systems even if cached")
     parser.add_argument("--output_dir", default=None,
                         help="default benchmarks/results/codec_quality (test) or codec_quality_<split>")
@@ -693,7 +699,8 @@ def main(argv: list[str] | None = None) -> dict:
     checkpoints = args.checkpoint or [DEFAULT_CHECKPOINT]
     systems = []
     for folder in checkpoints:
-        systems += checkpoint_systems(folder, models, args.chunk_seconds)
+        systems += checkpoint_systems(folder, models, args.chunk_seconds, tuple(args.checkpoint_inputs),
+                                      tuple(args.checkpoint_vocoders))
     systems += baseline_systems(args.codec2_modes, args.opus_kbps)
     names = [system.name for system in systems]
     duplicates = sorted({name for name in names if names.count(name) > 1})

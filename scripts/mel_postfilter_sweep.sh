@@ -4,6 +4,7 @@
 #
 #   bash scripts/mel_postfilter_sweep.sh [CHECKPOINT] [FACTOR...]      (defaults: the shipped checkpoint; 1.0 1.1 1.2 1.3)
 #   OUT=benchmarks/results/other_dir NUM_WORKERS=1 bash scripts/mel_postfilter_sweep.sh runs/cand_x 1.0 1.1
+#   VOCODERS=neural bash scripts/mel_postfilter_sweep.sh ...      (only tokens -> neural vocoder and true mel -> neural)
 #
 # Each factor gets a folder runs/mel_postfilter/<checkpoint>_contrast<FACTOR>: the checkpoint's files linked, its
 # config.json rewritten with that factor. All of them are scored by benchmarks/codec_quality.py on the validation split
@@ -42,4 +43,5 @@ EOF
   ARGS+=(--checkpoint "$variant")
 done
 $PY benchmarks/codec_quality.py --corpus_dir "$CORPUS" --split validation --skip_baselines \
-  --num_workers "${NUM_WORKERS:-2}" --output_dir "$OUT" "${ARGS[@]}"
+  --num_workers "${NUM_WORKERS:-2}" --output_dir "$OUT" --checkpoint_vocoders ${VOCODERS:-neural griffin_lim} \
+  "${ARGS[@]}"

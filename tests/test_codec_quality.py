@@ -178,6 +178,11 @@ def test_quick_mode_end_to_end_on_real_speech(tmp_path):
     again = run_benchmark(tmp_path / "corpus", output, "--skip_baselines")
     assert set(again["how_obtained"].values()) == {"cached"}
     assert again["summary"]["systems"] == results["summary"]["systems"]
+    # A checkpoint's systems narrowed to tokens -> neural vocoder (as the post-filter sweep does): the rest not run.
+    narrowed = run_benchmark(tmp_path / "corpus", output, "--skip_baselines", "--checkpoint_inputs", "tokens",
+                             "--checkpoint_vocoders", "neural")
+    narrowed_names = {system["name"] for system in narrowed["summary"]["systems"]}
+    assert narrowed_names == {ours[0]} | (set(baselines) if tools_present else set())
 
 
 @pytest.mark.skipif(not SHIPPED.exists(), reason="needs the shipped checkpoint")
