@@ -21,7 +21,8 @@ RESULTS = os.path.join(HERE, "results", "shipped_recipe")
 # Validation caches of benchmarks/codec_quality.py: the candidates' runs and scripts/mel_postfilter_sweep.sh's (the
 # Codec2 / Opus systems appear in each; a system is read once, by name).
 QUALITY = tuple(os.path.join(HERE, "results", name, "systems") for name in (
-    "codec_quality_validation", "mel_postfilter_validation", "mel_postfilter_validation_tok24d"))
+    "codec_quality_validation", "mel_postfilter_validation", "mel_postfilter_validation_tok24d",
+    "vocoder_postfilter_training"))
 METRICS = ("stoi", "pesq_wb", "log_mel_db")
 # What each candidate checkpoint folder (runs/cand_*, merged with pqvae_hf.assemble_checkpoint.assemble) holds; step
 # numbers are those of scripts/train_shipped_checkpoint.sh.
@@ -56,6 +57,9 @@ CANDIDATES = {
        f" decoded_mel_contrast={factor} (scripts/mel_postfilter_sweep.sh)" for factor in ("1.0", "1.1", "1.2", "1.3")},
     **{f"cand_tok24d_vf_contrast{factor}": f"tokenizer 3e (3d continued 4,200 s) + vocoder 4f (4e fine-tuned on 3e's"
        f" decoded mels), decoded_mel_contrast={factor}" for factor in ("1.0", "1.1")},
+    "cand_postfilter11_finetune": "tokenizer 3e + vocoder 4f continued 900 s on token mels post-filtered with factor"
+                                  " 1.1 (scripts/vocoder_postfilter_training_ablation.sh), merged with factor 1.1",
+    "cand_postfilter10_finetune": "the same 900 s on raw token mels (its control), merged with factor 1.1",
 }
 
 

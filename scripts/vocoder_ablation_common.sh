@@ -1,6 +1,7 @@
 # Shared by the vocoder ablations (scripts/vocoder_*_ablation.sh; source it after `cd` to the repository root). They
-# all continue a vocoder on the shipped tokenizer's decoded mels (stage 3d of scripts/train_shipped_checkpoint.sh),
-# one thread per run, and need that recipe's runs/cpu.
+# all continue a vocoder on a tokenizer's decoded mels: $TOKENIZER, default stage 3d of
+# scripts/train_shipped_checkpoint.sh (set it before sourcing), one thread per run, and need that recipe's runs/cpu.
+TOKENIZER=${TOKENIZER:-runs/cpu/tok_real_finetune24c}
 export HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1
 PY=.venv/bin/python
 finished() { grep -q '"final_eval"' "$1/log.json" 2>/dev/null; }
@@ -13,14 +14,16 @@ ablation_vocoder() {
     --pack_dir data/packed_flac --cache_dir runs/cpu/decoded24 --device cpu --num_workers 1 \
     --decoded_mel_fraction 0.7 --adversarial_start_step 100000000 --batch_size 16 --segment_seconds 1.0 \
     --warmup_steps 50 --logging_steps 100 --eval_clips 64 --learning_rate 1e-4 \
-    --output_dir "runs/cpu/$out" --tokenizer runs/cpu/tok_real_finetune24c "$@" > "runs/cpu/$out.log" 2>&1
+    --output_dir "runs/cpu/$out" --tokenizer "$TOKENIZER" "$@" > "runs/cpu/$out.log" 2>&1
 }
 
-# merge_candidate RUN LOG_GROUP: runs/cpu/voc_RUN merged with the tokenizer into runs/cand_RUN, and its log.json kept as
+# merge_candidate RUN LOG_GROUP [CONTRAST]: runs/cpu/voc_RUN merged with the tokenizer into runs/cand_RUN (with
+# decoded_mel_contrast=CONTRAST when given, else the tokenizer's), and its log.json kept as
 # benchmarks/results/shipped_recipe/cpu_vocoder_LOG_GROUP_RUN.json (read by benchmarks/recipe_ablation.py).
 merge_candidate() {
+  local overrides=${3:+"{'decoded_mel_contrast': $3}"}
   $PY -c "from pqvae_hf.assemble_checkpoint import assemble; \
-assemble('runs/cpu/tok_real_finetune24c', 'runs/cpu/voc_$1', 'runs/cand_$1')"
+assemble('$TOKENIZER', 'runs/cpu/voc_$1', 'runs/cand_$1', ${overrides:-None})"
   $PY -c "import json; json.dump({'cpu_voc_$1': json.load(open('runs/cpu/voc_$1/log.json'))}, \
 open('benchmarks/results/shipped_recipe/cpu_vocoder_$2_$1.json', 'w'), indent=1)"
 }
