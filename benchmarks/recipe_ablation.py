@@ -22,7 +22,7 @@ RESULTS = os.path.join(HERE, "results", "shipped_recipe")
 # Codec2 / Opus systems appear in each; a system is read once, by name).
 QUALITY = tuple(os.path.join(HERE, "results", name, "systems") for name in (
     "codec_quality_validation", "mel_postfilter_validation", "mel_postfilter_validation_tok24d",
-    "vocoder_postfilter_training"))
+    "vocoder_postfilter_training", "codec_quality_validation_tok24e"))
 METRICS = ("stoi", "pesq_wb", "log_mel_db")
 # What each candidate checkpoint folder (runs/cand_*, merged with pqvae_hf.assemble_checkpoint.assemble) holds; step
 # numbers are those of scripts/train_shipped_checkpoint.sh.
@@ -39,7 +39,7 @@ CANDIDATES = {
     "cand_tok24b_vd": "tokenizer 3c (3b continued on the 24-bit pack) + vocoder 4d (4c fine-tuned on 3c's decoded"
                       " mels): shipped at stop 17",
     "cand_tok24c_ve": "tokenizer 3d (3c continued on the 24-bit pack) + vocoder 4e (4d fine-tuned on 3d's decoded"
-                      " mels): the shipped checkpoint",
+                      " mels): shipped at stops 18-21",
     "cand_prior24c": "tokenizer 3d + vocoder 4e with the magnitude prior (vocoder_magnitude_prior=mel_pseudo_inverse,"
                      " magnitude rows zeroed) and 6,000 more steps (scripts/vocoder_magnitude_prior_ablation.sh):"
                      " not shipped",
@@ -56,10 +56,16 @@ CANDIDATES = {
     **{f"pqvae-speech-small_contrast{factor}": f"cand_tok24c_ve's weights (shipped at stops 18-21) with"
        f" decoded_mel_contrast={factor} (scripts/mel_postfilter_sweep.sh)" for factor in ("1.0", "1.1", "1.2", "1.3")},
     **{f"cand_tok24d_vf_contrast{factor}": f"tokenizer 3e (3d continued 4,200 s) + vocoder 4f (4e fine-tuned on 3e's"
-       f" decoded mels), decoded_mel_contrast={factor}" for factor in ("1.0", "1.1")},
+       f" decoded mels), decoded_mel_contrast={factor}" + (": shipped at stop 22" if factor == "1.1" else "")
+       for factor in ("1.0", "1.1")},
     "cand_postfilter11_finetune": "tokenizer 3e + vocoder 4f continued 900 s on token mels post-filtered with factor"
                                   " 1.1 (scripts/vocoder_postfilter_training_ablation.sh), merged with factor 1.1",
     "cand_postfilter10_finetune": "the same 900 s on raw token mels (its control), merged with factor 1.1",
+    "cand_tok24e_vf": "tokenizer 3f (3e continued 3,900 s) + vocoder 4f (not yet fine-tuned on 3f's mels),"
+                      " decoded_mel_contrast=1.1",
+    **{f"cand_tok24e_vg_contrast{factor}": f"tokenizer 3f + vocoder 4g (4f fine-tuned 900 s on 3f's decoded mels),"
+       f" decoded_mel_contrast={factor}" + (": the shipped checkpoint" if factor == "1.1" else "")
+       for factor in ("1.1", "1.2")},
 }
 
 

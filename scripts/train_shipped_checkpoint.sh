@@ -17,9 +17,10 @@
 # 3c. (CPU, 2,700 s) 3b continued on the 24-bit pack: validation log-mel L1 on the pack 0.485 -> 0.470.
 # 3d. (CPU, 2,700 s) 3c continued the same way (its training loss was still falling): 0.470 -> 0.462.
 # 3e. (CPU, 4,200 s) 3d continued once more, one longer schedule: 0.462 -> 0.450.
-# 4. (CPU, 1,800 s + 2,100 s + 600 s + 900 s + 900 s + 900 s, 4a beside 3) The previous checkpoint's vocoder fine-tuned
-#    on mels decoded from tokens (70 % of examples; 30 % true mels): on the previous tokenizer's codes (4a), then on step
-#    3's (4b), then on step 3b's on the 24-bit pack (4c), then on step 3c's (4d), then on 3d's (4e), then on 3e's (4f).
+# 3f. (CPU, 3,900 s) 3e continued the same way: 0.450 -> 0.443.
+# 4. (CPU, 1,800 s + 2,100 s + 600 s + 900 s + 900 s + 900 s + 900 s, 4a beside 3) The previous checkpoint's vocoder
+#    fine-tuned on mels decoded from tokens (70 % of examples; 30 % true mels): on the previous tokenizer's codes (4a),
+#    then on step 3's (4b), then on step 3b's on the 24-bit pack (4c), then on 3c's (4d), 3d's (4e), 3e's (4f), 3f's (4g).
 # 5. (CPU) Merge with the decoded mel's post-filter factor chosen on validation (decoded_mel_contrast=1.1,
 #    scripts/mel_postfilter_sweep.sh), evaluate on the test split, write the model card.
 # Runs stop on a time budget, so step counts depend on the machine; the shipped run's are in training_logs.json.
@@ -102,17 +103,20 @@ vocoder24 voc_tok24c_finetune tok_real_finetune24c voc_tok24b_finetune 900
 # shipped checkpoint folder and 4f from its model.safetensors: the same weights as 3d's and 4e's runs.)
 tokenizer24 tok_real_finetune24d tok_real_finetune24c 4200
 vocoder24 voc_tok24d_finetune tok_real_finetune24d voc_tok24c_finetune 900
+# 3f. Once more from 3e (its loss was still falling); 4g. the vocoder on 3f's decoded mels.
+tokenizer24 tok_real_finetune24e tok_real_finetune24d 3900
+vocoder24 voc_tok24e_finetune tok_real_finetune24e voc_tok24d_finetune 900
 
 # 5. Merge, evaluate on the test split, score against Codec2 / Opus (benchmarks/codec_quality.py; the baselines'
 #    cached scores are committed), then write the model card with that section.
 LOGS="--training_logs runs/gpu/stage1/summary.json"
 for run in tok_real_finetune tok_real_finetune24 tok_real_finetune24b tok_real_finetune24c tok_real_finetune24d \
-  voc_shipped_tok_finetune voc_new_tok_finetune voc_tok24_finetune voc_tok24b_finetune voc_tok24c_finetune \
-  voc_tok24d_finetune; do
+  tok_real_finetune24e voc_shipped_tok_finetune voc_new_tok_finetune voc_tok24_finetune voc_tok24b_finetune \
+  voc_tok24c_finetune voc_tok24d_finetune voc_tok24e_finetune; do
   LOGS="$LOGS --training_logs runs/cpu/$run/log.json"
 done
-ASSEMBLE="$PY -m pqvae_hf.assemble_checkpoint --tokenizer runs/cpu/tok_real_finetune24d \
-  --vocoder runs/cpu/voc_tok24d_finetune --decoded_mel_contrast 1.1 --corpus_dir $CORPUS \
+ASSEMBLE="$PY -m pqvae_hf.assemble_checkpoint --tokenizer runs/cpu/tok_real_finetune24e \
+  --vocoder runs/cpu/voc_tok24e_finetune --decoded_mel_contrast 1.1 --corpus_dir $CORPUS \
   --output checkpoints/pqvae-speech-small $LOGS"
 NOTE="recipe=scripts/train_shipped_checkpoint.sh (GPU stage 1 on one H100, then CPU fine-tuning on real audio)"
 rm -rf checkpoints/pqvae-speech-small
