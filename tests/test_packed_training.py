@@ -122,6 +122,14 @@ def _tokenizer_args(pack, out, steps, *extra):
             *extra]
 
 
+def _vocoder_args(pack, out, tokenizer, *extra, config_overrides=""):
+    """Two steps of a tiny vocoder on `tokenizer`'s decoded mels; `config_overrides` adds to its size."""
+    return ["vocoder", "--pack_dir", str(pack), "--output_dir", str(out), "--device", "cpu", "--num_workers", "1",
+            "--max_steps", "2", "--batch_size", "2", "--segment_seconds", "0.25", "--tokenizer", str(tokenizer),
+            "--eval_steps", "2", "--logging_steps", "1", "--eval_clips", "2", "--config_overrides",
+            "vocoder_hidden_size=16,vocoder_intermediate_size=32,vocoder_num_layers=1" + config_overrides, *extra]
+
+
 def test_tokenizer_training_resumes_exactly(audiofolder, pack, tmp_path):
     assert main(_tokenizer_args(pack, tmp_path / "whole", 6, "--corpus_dir", str(audiofolder))) == 0
     assert main(_tokenizer_args(pack, tmp_path / "cut", 6, "--stop_at_step", "3")) == 0
@@ -143,12 +151,8 @@ def test_tokenizer_training_resumes_exactly(audiofolder, pack, tmp_path):
 
 def test_adversarial_vocoder_on_decoded_mels(pack, tmp_path):
     main(_tokenizer_args(pack, tmp_path / "tok", 2))
-    args = ["vocoder", "--pack_dir", str(pack), "--output_dir", str(tmp_path / "voc"), "--device", "cpu",
-            "--num_workers", "1", "--max_steps", "2", "--batch_size", "2", "--segment_seconds", "0.25",
-            "--tokenizer", str(tmp_path / "tok"), "--decoded_mel_fraction", "0.5", "--eval_steps", "2",
-            "--logging_steps", "1", "--eval_clips", "2", "--phase_weight", "1.0", "--config_overrides",
-            "vocoder_hidden_size=16,vocoder_intermediate_size=32,vocoder_num_layers=1"]
-    assert main(args) == 0
+    phase = ["--decoded_mel_fraction", "0.5", "--phase_weight", "1.0"]
+    assert main(_vocoder_args(pack, tmp_path / "voc", tmp_path / "tok", *phase)) == 0
     log = json.loads((tmp_path / "voc" / "log.json").read_text())
     assert set(log["final_eval"]) == {"step", "true_mel", "token_mel"}
     assert {"adversarial", "feature_matching", "discriminator", "inst_freq_error", "group_delay_error"} <= set(
@@ -158,10 +162,11 @@ def test_adversarial_vocoder_on_decoded_mels(pack, tmp_path):
         assert 0.3 < errors["inst_freq_error"] <= np.pi and 0.3 < errors["group_delay_error"] <= np.pi
     state = load_parts(str(tmp_path / "voc"), "vocoder")
     assert all(key.startswith("vocoder.") for key in state)
-    with pytest.raises(SystemExit):
-        main(args[:-2] + ["--tokenizer", "", "--decoded_mel_fraction", "0.5"])
+    with pytest.raises(SystemExit):  # token mels need a tokenizer
+        main(_vocoder_args(pack, tmp_path / "no_tokenizer", "", "--decoded_mel_fraction", "0.5"))
     # The phase of the output waveform instead of the predicted one: chord distances in [0, 2], logged the same way.
-    assert main(args[:4] + [str(tmp_path / "voc_output_phase")] + args[5:] + ["--phase_loss_on", "output"]) == 0
+    assert main(_vocoder_args(pack, tmp_path / "voc_output_phase", tmp_path / "tok", *phase,
+                              "--phase_loss_on", "output")) == 0
     entry = json.loads((tmp_path / "voc_output_phase" / "log.json").read_text())["train"][0]
     assert 0 < entry["inst_freq_error"] <= 2 and 0 < entry["group_delay_error"] <= 2
 
@@ -217,12 +222,8 @@ def test_vocoder_learns_from_token_mels_post_filtered_by_its_own_config(pack, tm
         return original(self, mel, frame_mask)
 
     monkeypatch.setattr(PQVAEModel, "postfilter_mel", recording)
-    args = ["vocoder", "--pack_dir", str(pack), "--output_dir", str(tmp_path / "voc"), "--device", "cpu",
-            "--num_workers", "1", "--max_steps", "2", "--batch_size", "2", "--segment_seconds", "0.25",
-            "--tokenizer", str(tmp_path / "tok"), "--decoded_mel_fraction", "1.0", "--eval_steps", "2",
-            "--adversarial_start_step", "100", "--logging_steps", "1", "--eval_clips", "2", "--config_overrides",
-            "vocoder_hidden_size=16,vocoder_intermediate_size=32,vocoder_num_layers=1,decoded_mel_contrast=1.5"]
-    assert main(args) == 0
+    assert main(_vocoder_args(pack, tmp_path / "voc", tmp_path / "tok", "--decoded_mel_fraction", "1.0",
+                              "--adversarial_start_step", "100", config_overrides=",decoded_mel_contrast=1.5")) == 0
     assert seen and set(seen) == {1.5}
     assert json.loads((tmp_path / "voc" / "config.json").read_text())["decoded_mel_contrast"] == 1.5
 
