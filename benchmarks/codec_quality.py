@@ -246,7 +246,10 @@ def checkpoint_systems(folder: str, models: _ModelCache, chunk_seconds: float,
             systems.append(System(
                 name, family, settings, nominal,
                 make_runner=lambda s=source, v=vocoder: _model_runner(models, folder, s, v, chunk_seconds)))
-    if config.vocoder != "neural" and systems:
+    if not systems:
+        raise SystemExit(f"--checkpoint {folder}: none of --checkpoint_vocoders {' '.join(vocoders)} exists for it (its"
+                         f" vocoders: {', '.join(available)}); ask for griffin_lim.")
+    if config.vocoder != "neural":
         systems[0].notes.append(f"{label} has no neural vocoder (config.vocoder={config.vocoder!r}): Griffin-Lim only")
     return systems
 

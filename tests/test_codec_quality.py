@@ -194,3 +194,28 @@ def test_missing_codec_tools_skip_those_systems_and_say_how_to_install_them(tmp_
     assert results["not_run"] == {
         "Codec2 3200": "skipped: c2enc, c2dec not installed (apt-get install codec2)",
         "Opus 6 kbit/s": "skipped: opusenc, opusdec not installed (apt-get install opus-tools)"}
+
+
+def test_checkpoint_systems_follow_the_requested_inputs_and_vocoders(tmp_path):
+    """--checkpoint_inputs / --checkpoint_vocoders pick a checkpoint's systems; asking only for a vocoder the checkpoint
+    does not have is an error naming what it has, not an empty result."""
+    import importlib.util
+
+    from conftest import TINY
+    from pqvae_hf import PQVAEModel
+
+    spec = importlib.util.spec_from_file_location("codec_quality_module", SCRIPT)
+    codec_quality = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = codec_quality  # its dataclasses look their module up there
+    spec.loader.exec_module(codec_quality)
+    folder = tmp_path / "no_vocoder"
+    PQVAEModel(PQVAEConfig(**TINY, vocoder="none")).save_pretrained(folder)
+    models = codec_quality._ModelCache()
+    every = codec_quality.checkpoint_systems(str(folder), models, 30.0)
+    assert [(s.settings["input"], s.settings["vocoder"]) for s in every] == [("tokens", "griffin_lim"),
+                                                                           ("true_mel", "griffin_lim")]
+    assert "no neural vocoder" in every[0].notes[0]
+    tokens_only = codec_quality.checkpoint_systems(str(folder), models, 30.0, inputs=("tokens",))
+    assert [s.name for s in tokens_only] == ["PQ-VAE no_vocoder: tokens -> Griffin-Lim"]
+    with pytest.raises(SystemExit, match="its vocoders: griffin_lim"):
+        codec_quality.checkpoint_systems(str(folder), models, 30.0, vocoders=("neural",))
