@@ -678,7 +678,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--chunk_seconds", type=float, default=30.0, help="longer clips are encoded in chunks")
     parser.add_argument("--num_workers", type=int, default=1, help="processes for codecs and scoring")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
-    parser.add_argument("--checkpoint_inputs", nargs="+", choices=("tokens", "true_mel"), default=["tokens", "true_mel"],
+    parser.add_argument("--checkpoint_inputs", nargs="+", choices=("tokens", "true_mel"),
+                        default=["tokens", "true_mel"],
                         help="what each checkpoint's systems vocode: its tokens' decoded mel and/or the true mel")
     parser.add_argument("--checkpoint_vocoders", nargs="+", choices=("neural", "griffin_lim"),
                         default=["neural", "griffin_lim"], help="which of each checkpoint's vocoders to score")
