@@ -14,10 +14,11 @@ cd "$(dirname "$0")/.."
 CORPUS=${1:-data/speech_corpus}
 TOKENIZER=runs/cpu/tok_real_finetune24d
 source scripts/vocoder_ablation_common.sh
-for factor in 11 10; do
-  ablation_vocoder "voc_postfilter${factor}_finetune" --init_vocoder runs/cpu/voc_tok24d_finetune/vocoder \
-    --time_budget_s 900 --max_steps 100000 --eval_steps 100000 --config_overrides "decoded_mel_contrast=${factor:0:1}.${factor:1}"
-  merge_candidate "postfilter${factor}_finetune" h 1.1
+for factor in 1.1 1.0; do
+  run="postfilter${factor/./}_finetune"  # postfilter11_finetune, postfilter10_finetune
+  ablation_vocoder "voc_$run" --init_vocoder runs/cpu/voc_tok24d_finetune/vocoder \
+    --time_budget_s 900 --max_steps 100000 --eval_steps 100000 --config_overrides "decoded_mel_contrast=$factor"
+  merge_candidate "$run" h 1.1
 done
 # The shipped weights' and Codec2's rows come from the post-filter sweep's cache (same clips, same folder).
 mkdir -p benchmarks/results/vocoder_postfilter_training/systems
