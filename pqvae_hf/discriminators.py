@@ -1,15 +1,19 @@
 # Copyright 2026 The pqvae-hf authors. Apache-2.0.
-"""Discriminators and adversarial losses for training the neural vocoder (training only; not in the Hub payload).
+"""Discriminators and adversarial losses for training the neural vocoder and the tokenizer's decoder (training only;
+not in the Hub payload).
 
 - `MultiPeriodDiscriminator` (HiFi-GAN, Kong et al. 2020): the waveform folded into (T / p, p) for periods p, so each
   2-D conv stack sees every p-th sample: periodic (pitch) structure that spectral losses miss.
 - `MultiResolutionDiscriminator` (UnivNet / Vocos): 2-D convs over log-magnitude spectrograms at several STFT
   resolutions: over-smoothed or noisy spectra in time and frequency.
+- `MelDiscriminator`: the same 2-D conv stack on a log-mel, for the tokenizer's decoder (`packed_training tokenizer
+  --mel_adversarial_weight`).
 - Least-squares GAN losses and feature matching (L1 between the discriminators' hidden activations of real and
   generated audio), as in HiFi-GAN.
 
-Every discriminator returns `(scores, features)`: lists with one entry per sub-discriminator, `scores[i]` a tensor
-of logits and `features[i]` the list of its hidden activations.
+Every multi-discriminator returns `(scores, features)`: lists with one entry per sub-discriminator, `scores[i]` a
+tensor of logits and `features[i]` the list of its hidden activations; a single one (`MelDiscriminator`) returns one
+such entry, so the losses take it wrapped in one-element lists.
 """
 
 from __future__ import annotations
@@ -60,13 +64,11 @@ class MultiPeriodDiscriminator(nn.Module):
         return [o[0] for o in outputs], [o[1] for o in outputs]
 
 
-class SpectrogramDiscriminator(nn.Module):
-    """Waveform (B, T) -> log-magnitude STFT (B, 1, K, F) -> 2-D conv stack strided along frequency."""
+class SpectrogramConvStack(nn.Module):
+    """Image (B, 1, K, F) -> 2-D conv stack strided along its first (frequency) axis -> (scores, features)."""
 
-    def __init__(self, n_fft: int, hop_length: int, channels: int = 32):
+    def __init__(self, channels: int = 32):
         super().__init__()
-        self.n_fft, self.hop_length = n_fft, hop_length
-        self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
         self.layers = nn.ModuleList([
             weight_norm(nn.Conv2d(1, channels, (7, 5), padding=(3, 2))),
             weight_norm(nn.Conv2d(channels, channels, (5, 3), (2, 1), padding=(2, 1))),
@@ -76,9 +78,7 @@ class SpectrogramDiscriminator(nn.Module):
         ])
         self.proj_out = weight_norm(nn.Conv2d(channels, 1, (3, 3), padding=(1, 1)))
 
-    def forward(self, waveform: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        spec = torch.stft(waveform.float(), self.n_fft, self.hop_length, window=self.window, return_complex=True)
-        hidden = torch.log(spec.abs().clamp_min(1e-5))[:, None]
+    def score_image(self, hidden: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         features = []
         for layer in self.layers:
             hidden = F.leaky_relu(layer(hidden), LEAKY_SLOPE)
@@ -86,6 +86,39 @@ class SpectrogramDiscriminator(nn.Module):
         score = self.proj_out(hidden)
         features.append(score)
         return score.flatten(1), features
+
+
+class SpectrogramDiscriminator(SpectrogramConvStack):
+    """Waveform (B, T) -> log-magnitude STFT (B, 1, K, F) -> 2-D conv stack strided along frequency."""
+
+    def __init__(self, n_fft: int, hop_length: int, channels: int = 32):
+        super().__init__(channels)
+        self.n_fft, self.hop_length = n_fft, hop_length
+        self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
+
+    def forward(self, waveform: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        spec = torch.stft(waveform.float(), self.n_fft, self.hop_length, window=self.window, return_complex=True)
+        return self.score_image(torch.log(spec.abs().clamp_min(1e-5))[:, None])
+
+
+class MelDiscriminator(SpectrogramConvStack):
+    """Log-mel (B, M, F) -> the same 2-D conv stack: judges the tokenizer's decoded mel against the true one.
+
+    A decoder trained with an L1 loss predicts a flattened mel (the conditional median of what 16 bits per frame
+    leave open); a discriminator on the mel itself penalises that flatness directly, as a GAN post-filter does in
+    statistical speech synthesis. With a `frame_mask` (B, F), padded frames are set to the mel's floor in real and
+    generated input alike, so padding tells the two apart in no way."""
+
+    def __init__(self, floor: float, channels: int = 32):
+        super().__init__(channels)
+        self.floor = floor
+
+    def forward(self, log_mel: torch.Tensor,
+                frame_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        log_mel = log_mel.float()
+        if frame_mask is not None:
+            log_mel = torch.where(frame_mask[:, None, :].bool(), log_mel, self.floor)
+        return self.score_image(log_mel[:, None])
 
 
 class MultiResolutionDiscriminator(nn.Module):

@@ -242,6 +242,59 @@ def evaluate_tokenizer(model: PQVAEModel, batches) -> dict:
         "codebook_usage_fraction", "codebook_perplexity", "composite_usage", "composite_perplexity")}}
 
 
+class MelAdversary:
+    """The tokenizer's optional mel GAN (`--mel_adversarial_weight W`): a `MelDiscriminator` learns to tell the decoded
+    log-mel from the true one, and the decoder gets W x its least-squares generator loss plus
+    `--mel_feature_matching_weight` x feature matching, on top of the L1 reconstruction loss (which keeps the content
+    right; the adversary pushes against its flattening). The discriminator trains from the first step; the decoder feels
+    it from `--mel_adversarial_start_step`, so it is not pushed by a discriminator that knows nothing yet."""
+
+    def __init__(self, config: PQVAEConfig, args, device: torch.device):
+        from .discriminators import MelDiscriminator
+
+        self.discriminator = MelDiscriminator(math.log(config.log_floor)).to(device)
+        self.optimizer = torch.optim.AdamW(self.discriminator.parameters(), lr=args.learning_rate, betas=(0.8, 0.99),
+                                           weight_decay=0.01)
+        self.adversarial_weight = args.mel_adversarial_weight
+        self.feature_matching_weight = args.mel_feature_matching_weight
+        self.start_step = args.mel_adversarial_start_step
+        self.max_grad_norm = args.max_grad_norm
+
+    def set_learning_rate(self, value: float) -> None:
+        set_learning_rate(self.optimizer, value)
+
+    def step(self, mel: torch.Tensor, target_mel: torch.Tensor, frame_mask: torch.Tensor,
+             step: int) -> dict[str, torch.Tensor]:
+        """One discriminator update on (target, detached prediction); returns the decoder's adversarial loss (with
+        gradient, under "generator_loss") and detached parts to log."""
+        from .discriminators import discriminator_loss, feature_matching_loss, generator_adversarial_loss
+
+        real_scores, real_features = self.discriminator(target_mel, frame_mask)
+        fake_scores, _ = self.discriminator(mel.detach(), frame_mask)
+        loss_d = discriminator_loss([real_scores], [fake_scores])
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_d.backward()
+        torch.nn.utils.clip_grad_norm_(self.discriminator.parameters(), self.max_grad_norm)
+        self.optimizer.step()
+        parts = {"mel_discriminator": loss_d.detach()}
+        if step < self.start_step:
+            parts["generator_loss"] = mel.new_zeros(())
+            return parts
+        fake_scores, fake_features = self.discriminator(mel, frame_mask)
+        adversarial = generator_adversarial_loss([fake_scores])
+        matching = feature_matching_loss([real_features], [fake_features])
+        parts.update(mel_adversarial=adversarial.detach(), mel_feature_matching=matching.detach(),
+                     generator_loss=self.adversarial_weight * adversarial + self.feature_matching_weight * matching)
+        return parts
+
+    def state_dict(self) -> dict:
+        return {"discriminator": self.discriminator.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.discriminator.load_state_dict(state["discriminator"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+
 def train_tokenizer(args) -> dict:
     device = _device(args.device)
     torch.manual_seed(args.seed)
@@ -264,12 +317,19 @@ def train_tokenizer(args) -> dict:
     schedule = Schedule(args.max_steps, args.warmup_steps, args.time_budget_s)
     log = {"settings": vars(args), "config": config.to_dict(), "train": [], "eval": [],
            "num_parameters": sum(p.numel() for p in model.parameters()), "device": str(device)}
+    mel_gan = MelAdversary(config, args, device) if args.mel_adversarial_weight > 0 else None
     step, elapsed_before = 0, 0.0
     state_path = os.path.join(args.output_dir, "training_state.pt")
     if args.resume and os.path.isfile(state_path):
         state = torch.load(state_path, map_location=device, weights_only=False)  # our own file, written below
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        if (mel_gan is None) != (state.get("mel_adversary") is None):
+            raise ValueError(f"{state_path} was written {'with' if mel_gan is None else 'without'}"
+                             " --mel_adversarial_weight; resume it with the settings it started with (or start a new"
+                             " --output_dir).")
+        if mel_gan is not None:
+            mel_gan.load_state_dict(state["mel_adversary"])
         generator.set_state(state["generator"].cpu())
         step, elapsed_before, log = state["step"], state["elapsed"], state["log"]
         # The quantizer's k-means init and dead-code restarts draw from torch's global generator.
@@ -284,6 +344,7 @@ def train_tokenizer(args) -> dict:
         _write_json(os.path.join(args.output_dir, "log.json"), log)
         torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
                     "elapsed": time.perf_counter() - start + elapsed_before, "log": log,
+                    "mel_adversary": None if mel_gan is None else mel_gan.state_dict(),
                     "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
                     "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None}, state_path)
 
@@ -301,8 +362,15 @@ def train_tokenizer(args) -> dict:
         set_learning_rate(optimizer, args.learning_rate * schedule.factor(step, elapsed))
         batch, mask = sampler.batch(args.batch_size)
         output = model(batch[:, None], mask)
+        loss = output.loss
+        if mel_gan is not None:
+            mel_gan.set_learning_rate(args.learning_rate * schedule.factor(step, elapsed))
+            adversarial_terms = mel_gan.step(output.mel, output.target_mel, output.frame_mask, step)
+            loss = loss + adversarial_terms.pop("generator_loss")
+            for key, value in adversarial_terms.items():
+                running[key] = running.get(key, 0.0) + value
         optimizer.zero_grad(set_to_none=True)
-        output.loss.backward()
+        loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
         optimizer.step()
         step += 1
@@ -530,6 +598,10 @@ def main(argv: list[str] | None = None) -> int:
     tok.add_argument("--weight_decay", type=float, default=0.01)
     tok.add_argument("--eval_max_seconds", type=float, default=8.0)
     tok.add_argument("--resume", action="store_true", help="continue from output_dir/training_state.pt")
+    tok.add_argument("--mel_adversarial_weight", type=float, default=0.0,
+                     help="> 0: train a MelDiscriminator beside the tokenizer (see MelAdversary); 0 = off")
+    tok.add_argument("--mel_feature_matching_weight", type=float, default=0.0)
+    tok.add_argument("--mel_adversarial_start_step", type=int, default=200)
     tok.add_argument("--corpus_dir", default=None,
                      help="the corpus the pack was built from: the final evaluation also reads its original files")
     tok.add_argument("--stop_at_step", type=int, default=None,

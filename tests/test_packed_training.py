@@ -1,6 +1,7 @@
 """Packed corpus (shards + index) and the single-process tokenizer / adversarial vocoder training on it."""
 
 import json
+import math
 import os
 
 import numpy as np
@@ -10,6 +11,7 @@ import torch
 from conftest import TINY_OVERRIDES
 from pqvae_hf.data import read_audio_file, to_model_audio
 from pqvae_hf.discriminators import (
+    MelDiscriminator,
     MultiPeriodDiscriminator,
     MultiResolutionDiscriminator,
     discriminator_loss,
@@ -147,6 +149,39 @@ def test_tokenizer_training_resumes_exactly(audiofolder, pack, tmp_path):
     assert original["clips"] == 6 and original["log_mel_l1"] == pytest.approx(log["final_eval"]["mel_l1"], rel=0.02)
     model = load_tokenizer(str(tmp_path / "whole"))
     assert model.config.codebook_size == 16 and not model.training
+
+
+def test_tokenizer_mel_gan_changes_the_decoder_and_resumes_exactly(pack, tmp_path):
+    gan = ("--mel_adversarial_weight", "0.5", "--mel_feature_matching_weight", "1", "--mel_adversarial_start_step", "2")
+    assert main(_tokenizer_args(pack, tmp_path / "whole", 6, *gan)) == 0
+    assert main(_tokenizer_args(pack, tmp_path / "cut", 6, *gan, "--stop_at_step", "3")) == 0
+    with pytest.raises(ValueError, match="mel_adversarial_weight"):  # the discriminator's state cannot be dropped
+        main(_tokenizer_args(pack, tmp_path / "cut", 6, "--resume"))
+    assert main(_tokenizer_args(pack, tmp_path / "cut", 6, *gan, "--resume")) == 0
+    # The same run whose decoder never feels the adversary (same discriminator, same random draws).
+    assert main(_tokenizer_args(pack, tmp_path / "plain", 6, *gan[:-1], "100")) == 0
+    whole, resumed = load_parts(str(tmp_path / "whole"), "tokenizer"), load_parts(str(tmp_path / "cut"), "tokenizer")
+    plain = load_parts(str(tmp_path / "plain"), "tokenizer")
+    for key in whole:
+        torch.testing.assert_close(resumed[key], whole[key], msg=key)
+    decoder_keys = [key for key in whole if key.startswith("decoder.")]
+    assert any(not torch.equal(whole[key], plain[key]) for key in decoder_keys)  # the adversary reached the decoder
+    train = json.loads((tmp_path / "whole" / "log.json").read_text())["train"]
+    assert [sorted(k for k in entry if k.startswith("mel_")) for entry in train] == [
+        ["mel_discriminator"], ["mel_adversarial", "mel_discriminator", "mel_feature_matching"],
+        ["mel_adversarial", "mel_discriminator", "mel_feature_matching"]]
+    assert all(entry["mel_discriminator"] > 0 for entry in train)
+
+
+def test_mel_discriminator_ignores_padded_frames():
+    discriminator = MelDiscriminator(floor=math.log(1e-5))
+    mel, mask = torch.randn(2, 80, 40), torch.ones(2, 40, dtype=torch.long)
+    mask[1, 30:] = 0
+    other = mel.clone()
+    other[1, :, 30:] = 5.0  # what lies in padded frames
+    (scores, features), (other_scores, _) = discriminator(mel, mask), discriminator(other, mask)
+    assert torch.equal(scores, other_scores) and len(features) == 6
+    assert not torch.equal(discriminator(other)[0], scores)  # without the mask the padding shows
 
 
 def test_adversarial_vocoder_on_decoded_mels(pack, tmp_path):
