@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Does a GAN on the decoded mel beat the L1-only decoder? The decoder predicts a flattened mel (what 16 bits per frame
+# leave open, averaged); the shipped post-filter stretches it back by a fixed factor. Here a MelDiscriminator learns
+# to tell decoded from true mels and the tokenizer gets its least-squares loss (weight 0.1) and feature matching
+# (0.1) on top of the L1 loss (`packed_training tokenizer --mel_adversarial_weight`). Time-matched against stage 3g of
+# scripts/train_shipped_checkpoint.sh (the same 2,400 s from 3f, same settings, no GAN):
+#   melgan24f + 4g (factor 1.0 and 1.1)   vs  3g + 4g (1.0 and 1.1)      the vocoder stage 4f->4g left as it was
+#   melgan24f + 4g fine-tuned 900 s on its mels (1.1)  vs  3g + 4h (1.1)  each with the recipe's vocoder step
+# all scored on the validation split (tokens -> neural vocoder) into benchmarks/results/codec_quality_validation_tok24f.
+# Needs the recipe's runs/cpu up to 3g / 4h. Usage: bash scripts/mel_gan_ablation.sh [CORPUS_DIR]   (~60 min)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+CORPUS=${1:-data/speech_corpus}
+TOKENIZER=runs/cpu/tok_melgan24f
+source scripts/vocoder_ablation_common.sh
+finished "$TOKENIZER" || $PY -m pqvae_hf.packed_training tokenizer --pack_dir data/packed_flac \
+  --cache_dir runs/cpu/decoded24 --device cpu --num_workers 1 --max_steps 100000 --resume --output_dir "$TOKENIZER" \
+  --init_from runs/cpu/tok_real_finetune24e --time_budget_s 2400 --batch_size 16 --crop_seconds 2.0 \
+  --learning_rate 1e-4 --warmup_steps 50 --logging_steps 100 --eval_steps 100000 --corpus_dir "$CORPUS" \
+  --mel_adversarial_weight 0.1 --mel_feature_matching_weight 0.1 --mel_adversarial_start_step 200 \
+  > runs/cpu/tok_melgan.log 2>&1
+$PY -c "import json; json.dump({'cpu_tok_melgan24f': json.load(open('$TOKENIZER/log.json'))}, \
+open('benchmarks/results/shipped_recipe/cpu_tokenizer_24bit_melgan.json', 'w'), indent=1)"
+ablation_vocoder voc_melgan24f_finetune --init_vocoder runs/cpu/voc_tok24e_finetune/vocoder --time_budget_s 900 \
+  --max_steps 100000 --eval_steps 100000
+merge_candidate melgan24f_finetune j_melgan 1.1
+# The GAN tokenizer and stage 3g, each with vocoder 4g (trained on 3f's mels) at both factors; 3g with 4h.
+$PY - <<'EOF'
+from pqvae_hf.assemble_checkpoint import assemble
+
+for factor in (1.0, 1.1):
+    assemble("runs/cpu/tok_melgan24f", "runs/cpu/voc_tok24e_finetune", f"runs/cand_melgan24f_vg_contrast{factor}",
+             {"decoded_mel_contrast": factor})
+    assemble("runs/cpu/tok_real_finetune24f", "runs/cpu/voc_tok24e_finetune", f"runs/cand_tok24f_vg_contrast{factor}",
+             {"decoded_mel_contrast": factor})
+assemble("runs/cpu/tok_real_finetune24f", "runs/cpu/voc_tok24f_finetune", "runs/cand_tok24f_vh",
+         {"decoded_mel_contrast": 1.1})
+EOF
+OUT=benchmarks/results/codec_quality_validation_tok24f
+mkdir -p $OUT/systems
+cp -n benchmarks/results/codec_quality_validation_tok24e/systems/{Codec2,Opus}_*.json $OUT/systems/ 2>/dev/null || true
+$PY benchmarks/codec_quality.py --corpus_dir "$CORPUS" --split validation --skip_baselines \
+  --num_workers ${NUM_WORKERS:-2} --checkpoint_inputs tokens --checkpoint_vocoders neural --output_dir $OUT \
+  --checkpoint runs/cand_tok24f_vg_contrast1.0 --checkpoint runs/cand_tok24f_vg_contrast1.1 \
+  --checkpoint runs/cand_tok24f_vh --checkpoint runs/cand_melgan24f_vg_contrast1.0 \
+  --checkpoint runs/cand_melgan24f_vg_contrast1.1 --checkpoint runs/cand_melgan24f_finetune
+$PY benchmarks/recipe_ablation.py > /dev/null
