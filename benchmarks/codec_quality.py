@@ -34,6 +34,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -463,6 +464,16 @@ def _mean(values: list[float]) -> dict:
     return {"mean": float(array.mean()), "standard_error": error, "clips": int(array.size)}
 
 
+# A reason names the clip's own duration ("clip too short for STOI (0.294 s): ..."); the report counts clips per kind
+# of reason, so the duration is dropped there (each system's record keeps the full per-clip text).
+_CLIP_DURATION = re.compile(r" \(\d+\.\d+ s\)| on \d+\.\d+ s")
+
+
+def reason_kind(reason: str) -> str:
+    """The reason without the clip's duration: 'PESQ could not be computed on 0.294 s: X' -> '... computed: X'."""
+    return _CLIP_DURATION.sub("", reason)
+
+
 def summarize(records: list[dict], clips: ClipSet) -> dict:
     """Means over the clips that every reported system could be scored on, overall and per source."""
     num_clips = len(clips.names)
@@ -477,7 +488,7 @@ def summarize(records: list[dict], clips: ClipSet) -> dict:
                     why.setdefault(i, set()).add(reason)
         reasons: dict[str, int] = {}
         for i in sorted(why):
-            key = " / ".join(sorted(why[i]))
+            key = " / ".join(sorted({reason_kind(reason) for reason in why[i]}))
             reasons[key] = reasons.get(key, 0) + 1
         excluded[metric] = {"clips": num_clips - len(common[metric]), "reasons": reasons}
     sources = sorted(set(clips.sources))

@@ -41,6 +41,14 @@ def delayed(audio: np.ndarray, samples: int) -> np.ndarray:
     return np.concatenate([np.zeros(samples, np.float32), audio]) if samples >= 0 else audio[-samples:]
 
 
+def benchmark_module():
+    """benchmarks/codec_quality.py, imported as the other benchmark tests import theirs (benchmarks/ on sys.path)."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import codec_quality
+
+    return codec_quality
+
+
 @pytest.mark.parametrize("delay", [208, -120, 0, 640])
 def test_a_known_delay_is_found_and_undone(delay):
     audio = speech()
@@ -79,6 +87,28 @@ def test_unscorable_clips_get_none_and_a_reason_never_a_placeholder():
     assert independent_log_mel_distance(audio, audio)["log_mel_db"] == 0.0
     # half the amplitude is 6.02 dB lower wherever both stay above the floor (80 dB under the reference's peak)
     assert 4.5 < independent_log_mel_distance(audio, 0.5 * audio)["log_mel_db"] <= 6.03
+
+
+def test_the_report_counts_clips_per_kind_of_reason_not_per_clip_duration():
+    codec_quality = benchmark_module()
+
+    audio = speech()
+    pieces = [audio[80000:83200], audio[80000:84800], audio[:54400]]  # 0.2 s, 0.3 s, 3.4 s
+    scores = [intelligibility_and_quality(piece, 0.9 * piece, 16000) for piece in pieces]
+    assert scores[0]["stoi_unavailable"] != scores[1]["stoi_unavailable"]  # each names its clip's duration
+    record = {"name": "system", "family": "test", "settings": {}, "tool_version": None,
+              "nominal_bits_per_second": None, "delay": {}, "wall_seconds": 0.0, "total_bits": None,
+              "scores": {metric: [None, None, 1.0] for metric in codec_quality.METRICS},
+              "missing": {"stoi": {scores[0]["stoi_unavailable"]: [0], scores[1]["stoi_unavailable"]: [1]},
+                          "pesq_wb": {scores[0]["pesq_unavailable"]: [0], "other failure": [1]},
+                          "log_mel_db": {"too short": [0, 1]}}}
+    clips = codec_quality.ClipSet(split="test", names=["a", "b", "c"], sources=["s", "s", "s"], audios=pieces,
+                                  sha256="", selection="", decoding="")
+    excluded = codec_quality.summarize([record], clips)["excluded"]
+    assert excluded["stoi"] == {"clips": 2, "reasons": {
+        "clip too short for STOI: it needs at least 30 frames of 25.6 ms of non-silent speech (about 0.4 s or more)": 2}}
+    assert excluded["pesq_wb"]["reasons"] == {
+        "PESQ could not be computed: Buffer needs to be at least 1/4 of a second long": 1, "other failure": 1}
 
 
 def write_speech_audiofolder(directory: Path) -> list[str]:
@@ -199,8 +229,7 @@ def test_missing_codec_tools_skip_those_systems_and_say_how_to_install_them(tmp_
 def test_checkpoint_systems_follow_the_requested_inputs_and_vocoders(tmp_path):
     """--checkpoint_inputs / --checkpoint_vocoders pick a checkpoint's systems; asking only for a vocoder the checkpoint
     does not have is an error naming what it has, not an empty result."""
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    import codec_quality
+    codec_quality = benchmark_module()
     from conftest import TINY
 
     from pqvae_hf import PQVAEModel
