@@ -2,23 +2,24 @@
 # Does a GAN on the decoded mel beat the L1-only decoder? The decoder predicts a flattened mel (what 16 bits per frame
 # leave open, averaged); the shipped post-filter stretches it back by a fixed factor. Here a MelDiscriminator learns
 # to tell decoded from true mels and the tokenizer gets its least-squares loss (weight 0.1) and feature matching
-# (0.1) on top of the L1 loss (`packed_training tokenizer --mel_adversarial_weight`). Time-matched against stage 3g of
-# scripts/train_shipped_checkpoint.sh (the same 2,400 s from 3f, same settings, no GAN):
+# (0.1) on top of the L1 loss (`packed_training tokenizer --mel_adversarial_weight`). Time-matched against its control
+# "3g" (the same 2,400 s from 3f of scripts/train_shipped_checkpoint.sh, same settings, no GAN; the recipe's stage 3g
+# until stop 24, since replaced there by a longer one) and "4h" (4g fine-tuned 900 s on the control's mels):
 #   melgan24f + 4g (factor 1.0 and 1.1)   vs  3g + 4g (1.0 and 1.1)      the vocoder stage 4f->4g left as it was
 #   melgan24f + 4g fine-tuned 900 s on its mels (1.1)  vs  3g + 4h (1.1)  each with the recipe's vocoder step
 # all scored on the validation split (tokens -> neural vocoder) into benchmarks/results/codec_quality_validation_tok24f.
-# Needs the recipe's runs/cpu up to 3g / 4h. Usage: bash scripts/mel_gan_ablation.sh [CORPUS_DIR]   (~60 min)
+# Needs the recipe's runs/cpu up to 3f / 4g. Usage: bash scripts/mel_gan_ablation.sh [CORPUS_DIR]   (~60 min)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CORPUS=${1:-data/speech_corpus}
 TOKENIZER=runs/cpu/tok_melgan24f
 source scripts/vocoder_ablation_common.sh
-finished "$TOKENIZER" || $PY -m pqvae_hf.packed_training tokenizer --pack_dir data/packed_flac \
-  --cache_dir runs/cpu/decoded24 --device cpu --num_workers 1 --max_steps 100000 --resume --output_dir "$TOKENIZER" \
-  --init_from runs/cpu/tok_real_finetune24e --time_budget_s 2400 --batch_size 16 --crop_seconds 2.0 \
-  --learning_rate 1e-4 --warmup_steps 50 --logging_steps 100 --eval_steps 100000 --corpus_dir "$CORPUS" \
-  --mel_adversarial_weight 0.1 --mel_feature_matching_weight 0.1 --mel_adversarial_start_step 200 \
-  > runs/cpu/tok_melgan.log 2>&1
+# The control: 3f continued 2,400 s without the GAN, and 4g fine-tuned 900 s on its mels.
+ablation_tokenizer tok_real_finetune24f --time_budget_s 2400
+TOKENIZER=runs/cpu/tok_real_finetune24f ablation_vocoder voc_tok24f_finetune \
+  --init_vocoder runs/cpu/voc_tok24e_finetune/vocoder --time_budget_s 900 --max_steps 100000 --eval_steps 100000
+ablation_tokenizer tok_melgan24f --time_budget_s 2400 \
+  --mel_adversarial_weight 0.1 --mel_feature_matching_weight 0.1 --mel_adversarial_start_step 200
 $PY -c "import json; json.dump({'cpu_tok_melgan24f': json.load(open('$TOKENIZER/log.json'))}, \
 open('benchmarks/results/shipped_recipe/cpu_tokenizer_24bit_melgan.json', 'w'), indent=1)"
 ablation_vocoder voc_melgan24f_finetune --init_vocoder runs/cpu/voc_tok24e_finetune/vocoder --time_budget_s 900 \

@@ -1,6 +1,7 @@
-# Shared by the vocoder ablations (scripts/vocoder_*_ablation.sh; source it after `cd` to the repository root). They
-# all continue a vocoder on a tokenizer's decoded mels: $TOKENIZER, default stage 3d of
-# scripts/train_shipped_checkpoint.sh (set it before sourcing), one thread per run, and need that recipe's runs/cpu.
+# Shared by the ablation scripts (scripts/*_ablation.sh; source it after `cd` to the repository root). The vocoder
+# ablations continue a vocoder on a tokenizer's decoded mels: $TOKENIZER, default stage 3d of
+# scripts/train_shipped_checkpoint.sh (set it before sourcing); the tokenizer ablations continue stage 3f. One thread
+# per run; they need that recipe's runs/cpu.
 TOKENIZER=${TOKENIZER:-runs/cpu/tok_real_finetune24c}
 export HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1
 PY=.venv/bin/python
@@ -15,6 +16,18 @@ ablation_vocoder() {
     --decoded_mel_fraction 0.7 --adversarial_start_step 100000000 --batch_size 16 --segment_seconds 1.0 \
     --warmup_steps 50 --logging_steps 100 --eval_clips 64 --learning_rate 1e-4 \
     --output_dir "runs/cpu/$out" --tokenizer "$TOKENIZER" "$@" > "runs/cpu/$out.log" 2>&1
+}
+
+# ablation_tokenizer OUTPUT ARGS...: stage 3f (runs/cpu/tok_real_finetune24e) continued into runs/cpu/OUTPUT with the
+# recipe's 24-bit-pack settings (log: runs/cpu/OUTPUT.log; $CORPUS: the corpus folder), skipped when it has finished,
+# resumed when cut. ARGS name at least --time_budget_s; a flag given twice takes its last value.
+ablation_tokenizer() {
+  local out=$1; shift
+  finished "runs/cpu/$out" || $PY -m pqvae_hf.packed_training tokenizer --pack_dir data/packed_flac \
+    --cache_dir runs/cpu/decoded24 --device cpu --num_workers 1 --max_steps 100000 --resume \
+    --output_dir "runs/cpu/$out" --init_from runs/cpu/tok_real_finetune24e --batch_size 16 --crop_seconds 2.0 \
+    --learning_rate 1e-4 --warmup_steps 50 --logging_steps 100 --eval_steps 100000 --corpus_dir "$CORPUS" "$@" \
+    > "runs/cpu/$out.log" 2>&1
 }
 
 # merge_candidate RUN LOG_GROUP [CONTRAST]: runs/cpu/voc_RUN merged with the tokenizer into runs/cand_RUN (with
