@@ -15,17 +15,17 @@ import os
 import shutil
 
 import torch
-from safetensors.torch import load_file
 
 from . import PQVAEConfig, PQVAEFeatureExtractor, PQVAEModel, PQVAEProcessor
 from .evaluation import main as evaluate_main
 from .model_card import write_model_card
-from .packed_training import load_parts, load_tokenizer, parse_overrides
+from .packed_training import load_tokenizer, load_vocoder_weights, parse_overrides
 
 
 def assemble(tokenizer_dir: str, vocoder: str, output: str, vocoder_overrides: dict | None = None) -> PQVAEModel:
-    """Tokenizer folder (`pqvae-train` or `pqvae_hf.packed_training` output) + vocoder weights (a `.safetensors` state
-    dict of `PQVAEVocoder`, or a `packed_training vocoder` output folder) -> one model saved in `output`.
+    """Tokenizer folder (`pqvae-train` or `pqvae_hf.packed_training` output) + vocoder weights (anything
+    `load_vocoder_weights` reads: a `packed_training vocoder` output folder, a `PQVAEVocoder` `.safetensors`, or a
+    checkpoint whose vocoder is taken) -> one model saved in `output`.
     `vocoder_overrides`: the vocoder's fields (size, magnitude prior) when they differ from the tokenizer config's,
     and decode-time settings such as `decoded_mel_contrast`; a vocoder folder's own config.json supplies its
     `vocoder_*` fields first."""
@@ -43,8 +43,7 @@ def assemble(tokenizer_dir: str, vocoder: str, output: str, vocoder_overrides: d
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or any(not key.startswith("vocoder.") for key in missing):
         raise ValueError(f"Tokenizer weights do not fit: missing {missing}, unexpected {unexpected}.")
-    weights = load_parts(vocoder, "vocoder") if os.path.isdir(vocoder) else load_file(vocoder)
-    model.vocoder.load_state_dict({k.removeprefix("vocoder."): v for k, v in weights.items()}, strict=True)
+    model.vocoder.load_state_dict(load_vocoder_weights(vocoder), strict=True)
     model.eval()
     os.makedirs(output, exist_ok=True)
     model.save_pretrained(output)
@@ -108,7 +107,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokenizer", required=True, help="trained tokenizer folder (pqvae-train output)")
     parser.add_argument("--vocoder", required=True,
-                        help="vocoder.safetensors (pqvae_hf.vocoder_training) or a packed_training vocoder folder")
+                        help="vocoder.safetensors (pqvae_hf.vocoder_training), a packed_training vocoder folder, or a"
+                             " checkpoint folder whose vocoder is taken")
     parser.add_argument("--vocoder_config_overrides", default=None,
                         help="vocoder size when not the default, e.g. 'vocoder_hidden_size=320,vocoder_num_layers=8'")
     parser.add_argument("--decoded_mel_contrast", type=float, default=None,

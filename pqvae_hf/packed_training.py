@@ -71,6 +71,24 @@ def load_parts(directory: str, name: str) -> dict[str, torch.Tensor]:
     return state
 
 
+def load_vocoder_weights(source: str) -> dict[str, torch.Tensor]:
+    """A `PQVAEVocoder` state dict from any place vocoder weights are kept: a `packed_training vocoder` output folder
+    (or its `DIR/vocoder` parts prefix), a vocoder `.safetensors`, or a whole model's `model.safetensors` / its
+    `from_pretrained` folder (a shipped checkpoint), whose `vocoder.*` weights are taken and the tokenizer's left."""
+    directory, name = os.path.split(os.path.normpath(source))
+    if os.path.isdir(source) and glob.glob(os.path.join(source, "vocoder-part-*.safetensors")):
+        state = load_parts(source, "vocoder")
+    elif os.path.isdir(source) and os.path.isfile(os.path.join(source, "model.safetensors")):
+        state = load_file(os.path.join(source, "model.safetensors"))
+    elif source.endswith(".safetensors"):
+        state = load_file(source)
+    else:
+        state = load_parts(directory, name)
+    if any(key.startswith("vocoder.") for key in state):  # a whole model's weights
+        state = {key: value for key, value in state.items() if key.startswith("vocoder.")}
+    return {key.removeprefix("vocoder."): value for key, value in state.items()}
+
+
 def load_tokenizer(directory: str, device: str | torch.device = "cpu") -> PQVAEModel:
     """A tokenizer saved by this module (config.json + tokenizer parts), or any `from_pretrained` folder."""
     if glob.glob(os.path.join(directory, "tokenizer-part-*.safetensors")):
@@ -428,10 +446,7 @@ def train_vocoder(args) -> dict:
         tokenizer.config.decoded_mel_contrast = config.decoded_mel_contrast
     vocoder = PQVAEVocoder(config).to(device)
     if args.init_vocoder:
-        state = load_parts(*os.path.split(args.init_vocoder)) if not args.init_vocoder.endswith(".safetensors") \
-            else load_file(args.init_vocoder)
-        vocoder.load_state_dict({k.removeprefix("vocoder."): v for k, v in state.items()
-                                 if not k.startswith(("encoder.", "decoder.", "quantizer."))}, strict=True)
+        vocoder.load_state_dict(load_vocoder_weights(args.init_vocoder), strict=True)
         if args.restart_magnitude_from_prior:
             vocoder.reset_magnitude_correction()
     front_end = LogMelSpectrogram(config).to(device)
@@ -608,7 +623,8 @@ def main(argv: list[str] | None = None) -> int:
                      help="save and stop at this step, keeping the schedule of --max_steps (a run in several parts)")
     voc = sub.choices["vocoder"]
     voc.add_argument("--tokenizer", default=None, help="tokenizer folder whose decoded mels the vocoder learns from")
-    voc.add_argument("--init_vocoder", default=None, help="vocoder weights: a .safetensors file or DIR/vocoder")
+    voc.add_argument("--init_vocoder", default=None,
+                     help="vocoder weights: a vocoder run's folder or DIR/vocoder, a .safetensors file, or a checkpoint")
     voc.add_argument("--restart_magnitude_from_prior", action="store_true",
                      help="after loading --init_vocoder (trained without a magnitude prior), zero its magnitude rows so "
                           "training starts from the prior; needs --config_overrides "

@@ -1,5 +1,6 @@
 """Packed corpus (shards + index) and the single-process tokenizer / adversarial vocoder training on it."""
 
+import glob
 import json
 import math
 import os
@@ -7,8 +8,10 @@ import os
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import save_file
 
-from conftest import TINY_OVERRIDES
+from conftest import TINY, TINY_OVERRIDES
+from pqvae_hf import PQVAEConfig, PQVAEModel
 from pqvae_hf.data import read_audio_file, to_model_audio
 from pqvae_hf.discriminators import (
     MelDiscriminator,
@@ -18,7 +21,16 @@ from pqvae_hf.discriminators import (
     feature_matching_loss,
 )
 from pqvae_hf.packed_corpus import build, load_split
-from pqvae_hf.packed_training import CropSampler, Schedule, load_parts, load_tokenizer, main, parse_overrides, save_parts
+from pqvae_hf.packed_training import (
+    CropSampler,
+    Schedule,
+    load_parts,
+    load_tokenizer,
+    load_vocoder_weights,
+    main,
+    parse_overrides,
+    save_parts,
+)
 
 
 @pytest.fixture(scope="module")
@@ -115,6 +127,26 @@ def test_save_parts_splits_and_joins(tmp_path):
     assert all(torch.equal(joined[k], v) for k, v in state.items())
     with pytest.raises(FileNotFoundError, match="No other-part"):
         load_parts(str(tmp_path), "other")
+
+
+def test_vocoder_weights_load_alike_from_every_place_they_are_kept(tmp_path):
+    """A vocoder run's parts (folder or DIR/vocoder), a vocoder .safetensors, and a whole checkpoint (folder or its
+    model.safetensors, tokenizer weights left out) all give the same PQVAEVocoder state dict."""
+    model = PQVAEModel(PQVAEConfig(**TINY, vocoder="neural"))
+    expected = model.vocoder.state_dict()
+    model.save_pretrained(tmp_path / "checkpoint")
+    (tmp_path / "run").mkdir()
+    save_parts(expected, str(tmp_path / "run"), "vocoder", max_bytes=50_000)
+    save_file({k: v.contiguous() for k, v in expected.items()}, tmp_path / "vocoder.safetensors")
+    sources = [tmp_path / "run", tmp_path / "run" / "vocoder", tmp_path / "vocoder.safetensors",
+               tmp_path / "checkpoint", tmp_path / "checkpoint" / "model.safetensors"]
+    for source in sources:
+        loaded = load_vocoder_weights(str(source))
+        assert loaded.keys() == expected.keys(), source
+        assert all(torch.equal(loaded[k], v) for k, v in expected.items()), source
+    assert len(glob.glob(str(tmp_path / "run" / "vocoder-part-*.safetensors"))) > 1
+    with pytest.raises(FileNotFoundError, match="No vocoder-part"):
+        load_vocoder_weights(str(tmp_path / "empty" / "vocoder"))
 
 
 def _tokenizer_args(pack, out, steps, *extra):
