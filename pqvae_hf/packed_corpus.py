@@ -134,11 +134,15 @@ def load_split(pack_dir: str, split: str, num_workers: int = 8,
         shard_lengths = [len(s) for s in shards]
         samples = np.concatenate(shards)
         if cached:
+            # Processes started together each decode and write the cache: private temporary names and atomic
+            # renames (lengths first, samples last, which readers check for) keep them from clobbering each other.
             os.makedirs(cache_dir, exist_ok=True)
-            np.save(cached + ".tmp.npy", samples)
-            os.replace(cached + ".tmp.npy", cached)
-            with open(cached + ".json", "w") as handle:
+            private = f".{os.getpid()}.tmp"
+            with open(cached + private + ".json", "w") as handle:
                 json.dump(shard_lengths, handle)
+            os.replace(cached + private + ".json", cached + ".json")
+            np.save(cached + private + ".npy", samples)
+            os.replace(cached + private + ".npy", cached)
     starts = np.cumsum([0] + shard_lengths)
     clips = []
     for clip in info["clips"]:

@@ -61,6 +61,40 @@ def test_pack_round_trip_is_exact_with_flac(audiofolder, pack, tmp_path):
         load_split(str(pack), "test", 1)
 
 
+def test_processes_started_together_share_one_cache(pack, tmp_path, monkeypatch):
+    # Two training runs started side by side both decode the pack and write the cache; neither may fail or leave
+    # a half-written file (the first version renamed one shared temporary file and crashed the slower process).
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    all_written, results = context.Barrier(3), context.Queue()
+    real_replace = os.replace
+
+    def replace_once_all_have_written(*args, **kwargs):  # makes the race certain instead of a matter of timing
+        all_written.wait(timeout=60)
+        real_replace(*args, **kwargs)
+
+    def load(slot):
+        try:
+            results.put((slot, float(load_split(str(pack), "validation", 1, str(tmp_path))[0].sum(dtype=np.float64))))
+        except Exception as error:  # noqa: BLE001 - reported to the parent below
+            results.put((slot, repr(error)))
+
+    monkeypatch.setattr(os, "replace", replace_once_all_have_written)
+    workers = [context.Process(target=load, args=(slot,)) for slot in range(3)]
+    for worker in workers:
+        worker.start()
+    outcome = dict(results.get(timeout=120) for _ in workers)
+    for worker in workers:
+        worker.join()
+    monkeypatch.setattr(os, "replace", real_replace)
+    expected = float(load_split(str(pack), "validation", 1)[0].sum(dtype=np.float64))
+    assert outcome == {0: expected, 1: expected, 2: expected}
+    assert sorted(os.listdir(tmp_path)) == ["validation.npy", "validation.npy.json"]
+    np.testing.assert_array_equal(load_split(str(pack), "validation", 1, str(tmp_path))[0],
+                                  load_split(str(pack), "validation", 1)[0])
+
+
 def test_flac_pack_keeps_quiet_bands_at_the_floor(tmp_path):
     """At 16 bits, rounding noise filled the empty 4-8 kHz band of 8 kHz recordings resampled to 16 kHz, and a
     tokenizer trained on that pack decoded the noise floor instead of silence; the 24-bit pack keeps the band empty."""
