@@ -22,7 +22,8 @@ RESULTS = os.path.join(HERE, "results", "shipped_recipe")
 # Codec2 / Opus systems appear in each; a system is read once, by name).
 QUALITY = tuple(os.path.join(HERE, "results", name, "systems") for name in (
     "codec_quality_validation", "mel_postfilter_validation", "mel_postfilter_validation_tok24d",
-    "vocoder_postfilter_training", "codec_quality_validation_tok24e", "codec_quality_validation_tok24f"))
+    "vocoder_postfilter_training", "codec_quality_validation_tok24e", "codec_quality_validation_tok24f",
+    "codec_quality_validation_tok24g"))
 METRICS = ("stoi", "pesq_wb", "log_mel_db")
 # What each candidate checkpoint folder (runs/cand_*, merged with pqvae_hf.assemble_checkpoint.assemble) holds; step
 # numbers are those of scripts/train_shipped_checkpoint.sh.
@@ -64,16 +65,26 @@ CANDIDATES = {
     "cand_tok24e_vf": "tokenizer 3f (3e continued 3,900 s) + vocoder 4f (not yet fine-tuned on 3f's mels),"
                       " decoded_mel_contrast=1.1",
     **{f"cand_tok24e_vg_contrast{factor}": f"tokenizer 3f + vocoder 4g (4f fine-tuned 900 s on 3f's decoded mels),"
-       f" decoded_mel_contrast={factor}" + (": the shipped checkpoint" if factor == "1.1" else "")
+       f" decoded_mel_contrast={factor}" + (": shipped at stop 23" if factor == "1.1" else "")
        for factor in ("1.1", "1.2")},
-    **{f"cand_tok24f_vg_contrast{factor}": f"tokenizer 3g (3f continued 2,400 s) + vocoder 4g,"
+    **{f"cand_tok24f_vg_contrast{factor}": f"3f continued 2,400 s at 1e-4 (the mel-GAN ablation's control, stage 3g"
+       f" until stop 24) + vocoder 4g,"
        f" decoded_mel_contrast={factor}" for factor in ("1.0", "1.1")},
-    "cand_tok24f_vh": "tokenizer 3g + vocoder 4h (4g fine-tuned 900 s on 3g's decoded mels), decoded_mel_contrast=1.1",
-    **{f"cand_melgan24f_vg_contrast{factor}": f"3f continued 2,400 s like 3g but with a GAN on the decoded mel"
+    "cand_tok24f_vh": "that tokenizer + 4g fine-tuned 900 s on its decoded mels, decoded_mel_contrast=1.1 (the mel-GAN"
+                      " ablation's control)",
+    **{f"cand_melgan24f_vg_contrast{factor}": f"3f continued 2,400 s like the control but with a GAN on the decoded mel"
        f" (scripts/mel_gan_ablation.sh) + vocoder 4g, decoded_mel_contrast={factor}: not shipped"
        for factor in ("1.0", "1.1")},
-    "cand_melgan24f_finetune": "the mel-GAN tokenizer + vocoder 4g fine-tuned 900 s on its decoded mels (as 4h on 3g's),"
-                               " decoded_mel_contrast=1.1: not shipped",
+    "cand_melgan24f_finetune": "the mel-GAN tokenizer + vocoder 4g fine-tuned 900 s on its decoded mels (as for the"
+                               " control), decoded_mel_contrast=1.1: not shipped",
+    "pqvae-speech-small-stop23": "the stop-23 shipped checkpoint (git 463b01b): tokenizer 3f + vocoder 4g,"
+                                 " decoded_mel_contrast=1.1 (the same weights as cand_tok24e_vg_contrast1.1)",
+    "cand_tok24g_vg": "tokenizer 3g (3f continued 4,200 s at peak learning rate 2e-4) + vocoder 4g,"
+                      " decoded_mel_contrast=1.1",
+    "cand_tok24g_lr1e4_vg": "3f continued 4,200 s at 1e-4, the rate of stages 3b-3f"
+                            " (scripts/tokenizer_lr_ablation.sh) + vocoder 4g, decoded_mel_contrast=1.1: not shipped",
+    "cand_tok24g_vh": "tokenizer 3g + vocoder 4h (4g fine-tuned 900 s on 3g's decoded mels), decoded_mel_contrast=1.1:"
+                      " the shipped checkpoint (stop 25)",
 }
 
 

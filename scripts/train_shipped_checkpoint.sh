@@ -18,9 +18,10 @@
 # 3d. (CPU, 2,700 s) 3c continued the same way (its training loss was still falling): 0.470 -> 0.462.
 # 3e. (CPU, 4,200 s) 3d continued once more, one longer schedule: 0.462 -> 0.450.
 # 3f. (CPU, 3,900 s) 3e continued the same way: 0.450 -> 0.443.
-# 4. (CPU, 1,800 s + 2,100 s + 600 s + 900 s + 900 s + 900 s + 900 s, 4a beside 3) The previous checkpoint's vocoder
-#    fine-tuned on mels decoded from tokens (70 % of examples; 30 % true mels): on the previous tokenizer's codes (4a),
-#    then on step 3's (4b), then on step 3b's on the 24-bit pack (4c), then on 3c's (4d), 3d's (4e), 3e's (4f), 3f's (4g).
+# 3g. (CPU, 4,200 s) 3f continued the same way at peak learning rate 2e-4 (was 1e-4): 0.443 -> 0.438.
+# 4. (CPU, 1,800 s + 2,100 s + 600 s + 900 s x 5, 4a beside 3) The previous checkpoint's vocoder fine-tuned on mels
+#    decoded from tokens (70 % of examples; 30 % true mels): on the previous tokenizer's codes (4a), then on step 3's
+#    (4b), then on step 3b's on the 24-bit pack (4c), then on 3c's (4d), 3d's (4e), 3e's (4f), 3f's (4g), 3g's (4h).
 # 5. (CPU) Merge with the decoded mel's post-filter factor chosen on validation (decoded_mel_contrast=1.1,
 #    scripts/mel_postfilter_sweep.sh), evaluate on the test split, write the model card.
 # Runs stop on a time budget, so step counts depend on the machine; the shipped run's are in training_logs.json.
@@ -76,13 +77,14 @@ finished runs/cpu/voc_new_tok_finetune || \
   --init_vocoder runs/cpu/voc_shipped_tok_finetune/vocoder --time_budget_s 2100 --learning_rate 1.5e-4
 
 # Stages 3b-3d and 4c-4e all run on the 24-bit pack and differ only in the run they continue and their time budget.
-# tokenizer24 OUTPUT INIT_FROM SECONDS: the tokenizer continued (its final evaluation also reads the original
-# validation files). vocoder24 OUTPUT TOKENIZER INIT_VOCODER SECONDS: the vocoder on that tokenizer's decoded mels.
+# tokenizer24 OUTPUT INIT_FROM SECONDS [LEARNING_RATE]: the tokenizer continued (its final evaluation also reads the
+# original validation files; peak learning rate 1e-4 unless given). vocoder24 OUTPUT TOKENIZER INIT_VOCODER SECONDS:
+# the vocoder on that tokenizer's decoded mels.
 COMMON24="--pack_dir data/packed_flac --cache_dir runs/cpu/decoded24 --device cpu --num_workers 1 --max_steps 100000"
 tokenizer24() {
   finished "runs/cpu/$1" || \
     $TRAIN tokenizer $COMMON24 --resume --output_dir "runs/cpu/$1" --init_from "runs/cpu/$2" \
-    --time_budget_s "$3" --batch_size 16 --crop_seconds 2.0 --learning_rate 1e-4 --warmup_steps 50 \
+    --time_budget_s "$3" --batch_size 16 --crop_seconds 2.0 --learning_rate "${4:-1e-4}" --warmup_steps 50 \
     --logging_steps 100 --eval_steps 100000 --corpus_dir "$CORPUS"
 }
 vocoder24() {
@@ -106,17 +108,22 @@ vocoder24 voc_tok24d_finetune tok_real_finetune24d voc_tok24c_finetune 900
 # 3f. Once more from 3e (its loss was still falling); 4g. the vocoder on 3f's decoded mels.
 tokenizer24 tok_real_finetune24e tok_real_finetune24d 3900
 vocoder24 voc_tok24e_finetune tok_real_finetune24e voc_tok24d_finetune 900
+# 3g. Once more from 3f at twice the peak learning rate (scripts/tokenizer_lr_ablation.sh: it beat 1e-4 on validation);
+# 4h. the vocoder on 3g's decoded mels. As run at stop 25: 3g started from the stop-23 checkpoint folder (3f's
+# weights) into runs/cpu/tok_lr2e4_24g, and 4h from that folder's vocoder (4g) with decoded_mel_contrast=1.0 given.
+tokenizer24 tok_real_finetune24g tok_real_finetune24e 4200 2e-4
+vocoder24 voc_tok24g_finetune tok_real_finetune24g voc_tok24e_finetune 900
 
 # 5. Merge, evaluate on the test split, score against Codec2 / Opus (benchmarks/codec_quality.py; the baselines'
 #    cached scores are committed), then write the model card with that section.
 LOGS="--training_logs runs/gpu/stage1/summary.json"
 for run in tok_real_finetune tok_real_finetune24 tok_real_finetune24b tok_real_finetune24c tok_real_finetune24d \
-  tok_real_finetune24e voc_shipped_tok_finetune voc_new_tok_finetune voc_tok24_finetune voc_tok24b_finetune \
-  voc_tok24c_finetune voc_tok24d_finetune voc_tok24e_finetune; do
+  tok_real_finetune24e tok_real_finetune24g voc_shipped_tok_finetune voc_new_tok_finetune voc_tok24_finetune \
+  voc_tok24b_finetune voc_tok24c_finetune voc_tok24d_finetune voc_tok24e_finetune voc_tok24g_finetune; do
   LOGS="$LOGS --training_logs runs/cpu/$run/log.json"
 done
-ASSEMBLE="$PY -m pqvae_hf.assemble_checkpoint --tokenizer runs/cpu/tok_real_finetune24e \
-  --vocoder runs/cpu/voc_tok24e_finetune --decoded_mel_contrast 1.1 --corpus_dir $CORPUS \
+ASSEMBLE="$PY -m pqvae_hf.assemble_checkpoint --tokenizer runs/cpu/tok_real_finetune24g \
+  --vocoder runs/cpu/voc_tok24g_finetune --decoded_mel_contrast 1.1 --corpus_dir $CORPUS \
   --output checkpoints/pqvae-speech-small $LOGS"
 NOTE="recipe=scripts/train_shipped_checkpoint.sh (GPU stage 1 on one H100, then CPU fine-tuning on real audio)"
 rm -rf checkpoints/pqvae-speech-small
