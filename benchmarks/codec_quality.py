@@ -508,14 +508,22 @@ def summarize(records: list[dict], clips: ClipSet) -> dict:
             entry["per_source"][source] = {m: _mean([record["scores"][m][i] for i in common[m]
                                                      if clips.sources[i] == source]) for m in METRICS}
         systems.append(entry)
-    # Paired differences (ours minus each Codec2 mode, clip by clip over the same common clips): the standard error
-    # of a difference of means from two separate standard errors overstates it when both systems find the same
-    # clips hard.
+    # Paired differences, clip by clip over the same common clips: ours minus each Codec2 mode, and each later
+    # --checkpoint minus the first one through the same input and vocoder (how much a retrained checkpoint moved).
+    # The standard error of a difference of means from two separate standard errors overstates it when both systems
+    # find the same clips hard.
+    ours_records = [r for r in records if r["family"] == "pqvae"]
+    first_checkpoint = ours_records[0]["settings"]["checkpoint"] if ours_records else None
     paired = []
-    for ours in (r for r in records if r["family"] == "pqvae"):
-        for codec in (r for r in records if r["family"] == "codec2"):
-            paired.append({"system": ours["name"], "baseline": codec["name"], "difference": {
-                m: _mean([ours["scores"][m][i] - codec["scores"][m][i] for i in common[m]]) for m in METRICS}})
+    for ours in ours_records:
+        baselines = [r for r in records if r["family"] == "codec2"]
+        if ours["settings"]["checkpoint"] != first_checkpoint:
+            baselines += [r for r in ours_records if r["settings"]["checkpoint"] == first_checkpoint
+                          and (r["settings"]["input"], r["settings"]["vocoder"])
+                          == (ours["settings"]["input"], ours["settings"]["vocoder"])]
+        for baseline in baselines:
+            paired.append({"system": ours["name"], "baseline": baseline["name"], "difference": {
+                m: _mean([ours["scores"][m][i] - baseline["scores"][m][i] for i in common[m]]) for m in METRICS}})
     return {
         "clips": num_clips,
         "audio_seconds": round(sum(seconds), 2),
@@ -578,9 +586,11 @@ def to_markdown(results: dict) -> str:
         "",
     ]
     if summary.get("paired_differences"):
-        lines += ["## PQ-VAE minus Codec2, paired clip by clip", "",
+        lines += ["## PQ-VAE minus Codec2 and minus the first checkpoint, paired clip by clip", "",
                   "Mean difference over the same clips as above +- its standard error (of the per-clip differences);"
-                  " positive STOI / PESQ-WB and negative log-mel distance favour PQ-VAE.", "",
+                  " positive STOI / PESQ-WB and negative log-mel distance favour the system over its baseline (each"
+                  " Codec2 mode; for a later `--checkpoint`, also the first one through the same input and"
+                  " vocoder).", "",
                   "| system | baseline | STOI | PESQ-WB | log-mel dist. (dB) |", "|---|---|---|---|---|"]
         for row in summary["paired_differences"]:
             cells = []

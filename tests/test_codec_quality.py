@@ -111,6 +111,35 @@ def test_the_report_counts_clips_per_kind_of_reason_not_per_clip_duration():
         "PESQ could not be computed: Buffer needs to be at least 1/4 of a second long": 1, "other failure": 1}
 
 
+def test_later_checkpoints_are_paired_with_the_first_through_the_same_input_and_vocoder():
+    codec_quality = benchmark_module()
+
+    def record(name, family, settings, stoi):
+        return {"name": name, "family": family, "settings": settings, "tool_version": None,
+                "nominal_bits_per_second": None, "delay": {}, "wall_seconds": 0.0, "total_bits": None,
+                "scores": {"stoi": stoi, "pesq_wb": [2.0, 2.0, 2.0], "log_mel_db": [5.0, 5.0, 5.0]},
+                "missing": {metric: {} for metric in codec_quality.METRICS}}
+
+    def ours(checkpoint, vocoder, stoi):
+        return record(f"{checkpoint}: {vocoder}", "pqvae",
+                      {"checkpoint": checkpoint, "input": "tokens", "vocoder": vocoder}, stoi)
+
+    records = [ours("new", "neural", [0.8, 0.7, 0.9]), ours("new", "griffin_lim", [0.6, 0.6, 0.6]),
+               ours("old", "neural", [0.7, 0.7, 0.7]), ours("old", "griffin_lim", [0.5, 0.6, 0.7]),
+               record("Codec2 1300", "codec2", {}, [0.75, 0.75, 0.75])]
+    clips = codec_quality.ClipSet(split="test", names=["a", "b", "c"], sources=["s"] * 3, audios=[np.zeros(16000)] * 3,
+                                  sha256="", selection="", decoding="")
+    paired = {(row["system"], row["baseline"]): row["difference"]["stoi"]
+              for row in codec_quality.summarize(records, clips)["paired_differences"]}
+    # Each system against Codec2, and the later checkpoint against the first through the same vocoder only.
+    assert set(paired) == {("new: neural", "Codec2 1300"), ("new: griffin_lim", "Codec2 1300"),
+                           ("old: neural", "Codec2 1300"), ("old: griffin_lim", "Codec2 1300"),
+                           ("old: neural", "new: neural"), ("old: griffin_lim", "new: griffin_lim")}
+    assert paired[("old: neural", "new: neural")]["mean"] == pytest.approx(-0.1)  # (-0.1, 0.0, -0.2) / 3 clips
+    assert paired[("old: neural", "new: neural")]["standard_error"] == pytest.approx(0.1 / 3 ** 0.5)
+    assert paired[("old: griffin_lim", "new: griffin_lim")]["mean"] == pytest.approx(0.0)
+
+
 def write_speech_audiofolder(directory: Path) -> list[str]:
     """Three 3.4 s clips of real speech from two 'sources', and one 0.2 s clip no metric but log-mel can score."""
     audio = speech()
