@@ -37,12 +37,6 @@ for factor in (1.0, 1.1):
 assemble("runs/cpu/tok_real_finetune24f", "runs/cpu/voc_tok24f_finetune", "runs/cand_tok24f_vh",
          {"decoded_mel_contrast": 1.1})
 EOF
-OUT=benchmarks/results/codec_quality_validation_tok24f
-mkdir -p $OUT/systems
-cp -n benchmarks/results/codec_quality_validation_tok24e/systems/{Codec2,Opus}_*.json $OUT/systems/ 2>/dev/null || true
-$PY benchmarks/codec_quality.py --corpus_dir "$CORPUS" --split validation --skip_baselines \
-  --num_workers ${NUM_WORKERS:-2} --checkpoint_inputs tokens --checkpoint_vocoders neural --output_dir $OUT \
-  --checkpoint runs/cand_tok24f_vg_contrast1.0 --checkpoint runs/cand_tok24f_vg_contrast1.1 \
-  --checkpoint runs/cand_tok24f_vh --checkpoint runs/cand_melgan24f_vg_contrast1.0 \
-  --checkpoint runs/cand_melgan24f_vg_contrast1.1 --checkpoint runs/cand_melgan24f_finetune
-$PY benchmarks/recipe_ablation.py > /dev/null
+score_tokens_on_validation benchmarks/results/codec_quality_validation_tok24f \
+  benchmarks/results/codec_quality_validation_tok24e runs/cand_tok24f_vg_contrast1.0 runs/cand_tok24f_vg_contrast1.1 \
+  runs/cand_tok24f_vh runs/cand_melgan24f_vg_contrast1.0 runs/cand_melgan24f_vg_contrast1.1 runs/cand_melgan24f_finetune

@@ -28,10 +28,5 @@ EOF
 STOP23=runs/pqvae-speech-small-stop23
 [ -f $STOP23/model.safetensors ] || { mkdir -p $STOP23; git archive 463b01b checkpoints/pqvae-speech-small | \
   tar -x -C $STOP23 --strip-components=2; }
-OUT=benchmarks/results/codec_quality_validation_tok24g
-mkdir -p $OUT/systems
-cp -n benchmarks/results/codec_quality_validation_tok24f/systems/{Codec2,Opus}_*.json $OUT/systems/ 2>/dev/null || true
-$PY benchmarks/codec_quality.py --corpus_dir "$CORPUS" --split validation --skip_baselines \
-  --num_workers ${NUM_WORKERS:-2} --checkpoint_inputs tokens --checkpoint_vocoders neural --output_dir $OUT \
-  --checkpoint $STOP23 --checkpoint runs/cand_tok24g_lr1e4_vg --checkpoint runs/cand_tok24g_vg
-$PY benchmarks/recipe_ablation.py > /dev/null
+score_tokens_on_validation benchmarks/results/codec_quality_validation_tok24g \
+  benchmarks/results/codec_quality_validation_tok24f $STOP23 runs/cand_tok24g_lr1e4_vg runs/cand_tok24g_vg

@@ -40,3 +40,16 @@ assemble('$TOKENIZER', 'runs/cpu/voc_$1', 'runs/cand_$1', ${overrides:-None})"
   $PY -c "import json; json.dump({'cpu_voc_$1': json.load(open('runs/cpu/voc_$1/log.json'))}, \
 open('benchmarks/results/shipped_recipe/cpu_vocoder_$2_$1.json', 'w'), indent=1)"
 }
+
+# score_tokens_on_validation OUT BASELINES CHECKPOINT...: tokens -> neural vocoder of each checkpoint folder scored on
+# the validation split into OUT ($NUM_WORKERS processes, default 2), with the Codec2 / Opus scores copied from the
+# results folder BASELINES (never recomputed: --skip_baselines); then the ablation table is rewritten.
+score_tokens_on_validation() {
+  local out=$1 baselines=$2; shift 2
+  mkdir -p "$out/systems"
+  cp -n "$baselines"/systems/{Codec2,Opus}_*.json "$out/systems/" 2>/dev/null || true
+  $PY benchmarks/codec_quality.py --corpus_dir "$CORPUS" --split validation --skip_baselines \
+    --num_workers "${NUM_WORKERS:-2}" --checkpoint_inputs tokens --checkpoint_vocoders neural --output_dir "$out" \
+    $(printf -- '--checkpoint %s ' "$@")
+  $PY benchmarks/recipe_ablation.py > /dev/null
+}
