@@ -23,7 +23,7 @@ RESULTS = os.path.join(HERE, "results", "shipped_recipe")
 QUALITY = tuple(os.path.join(HERE, "results", name, "systems") for name in (
     "codec_quality_validation", "mel_postfilter_validation", "mel_postfilter_validation_tok24d",
     "vocoder_postfilter_training", "codec_quality_validation_tok24e", "codec_quality_validation_tok24f",
-    "codec_quality_validation_tok24g"))
+    "codec_quality_validation_tok24g", "codec_quality_validation_tok24h"))
 METRICS = ("stoi", "pesq_wb", "log_mel_db")
 # What each candidate checkpoint folder (runs/cand_*, merged with pqvae_hf.assemble_checkpoint.assemble) holds; step
 # numbers are those of scripts/train_shipped_checkpoint.sh.
@@ -85,6 +85,12 @@ CANDIDATES = {
                             " (scripts/tokenizer_lr_ablation.sh) + vocoder 4g, decoded_mel_contrast=1.1: not shipped",
     "cand_tok24g_vh": "tokenizer 3g + vocoder 4h (4g fine-tuned 900 s on 3g's decoded mels), decoded_mel_contrast=1.1:"
                       " the shipped checkpoint (stop 25)",
+    "pqvae-speech-small-stop25": "the stop-25 shipped checkpoint (git f53440f): tokenizer 3g + vocoder 4h,"
+                                 " decoded_mel_contrast=1.1 (the same weights as cand_tok24g_vh)",
+    **{f"cand_tok24h_lr{rate}_vh": f"3g continued 4,500 s at peak learning rate {rate[0]}e-4"
+       f" (scripts/tokenizer_lr_ablation_3h.sh) + vocoder 4h, decoded_mel_contrast=1.1" for rate in ("2e4", "4e4")},
+    **{f"cand_tok24h_lr{rate}": f"the same tokenizer + 4h fine-tuned 900 s on its decoded mels,"
+       f" decoded_mel_contrast=1.1" for rate in ("2e4", "4e4")},
 }
 
 
