@@ -125,7 +125,7 @@ done
 ASSEMBLE="$PY -m pqvae_hf.assemble_checkpoint --tokenizer runs/cpu/tok_real_finetune24g \
   --vocoder runs/cpu/voc_tok24g_finetune --decoded_mel_contrast 1.1 --corpus_dir $CORPUS \
   --output checkpoints/pqvae-speech-small $LOGS"
-NOTE="recipe=scripts/train_shipped_checkpoint.sh (GPU stage 1 on one H100, then CPU fine-tuning on real audio)"
+NOTE="recipe=scripts/train_shipped_checkpoint.sh (GPU stage 2 on one H100, then CPU fine-tuning on real audio)"
 rm -rf checkpoints/pqvae-speech-small
 $ASSEMBLE --note "$NOTE"
 $PY benchmarks/codec_quality.py --corpus_dir "$CORPUS" --checkpoint checkpoints/pqvae-speech-small
