@@ -20,8 +20,7 @@ TOKENIZER=runs/cpu/tok_real_finetune24f ablation_vocoder voc_tok24f_finetune \
   --init_vocoder runs/cpu/voc_tok24e_finetune/vocoder --time_budget_s 900 --max_steps 100000 --eval_steps 100000
 ablation_tokenizer tok_melgan24f --time_budget_s 2400 \
   --mel_adversarial_weight 0.1 --mel_feature_matching_weight 0.1 --mel_adversarial_start_step 200
-$PY -c "import json; json.dump({'cpu_tok_melgan24f': json.load(open('$TOKENIZER/log.json'))}, \
-open('benchmarks/results/shipped_recipe/cpu_tokenizer_24bit_melgan.json', 'w'), indent=1)"
+keep_run_log "$TOKENIZER" cpu_tok_melgan24f cpu_tokenizer_24bit_melgan
 ablation_vocoder voc_melgan24f_finetune --init_vocoder runs/cpu/voc_tok24e_finetune/vocoder --time_budget_s 900 \
   --max_steps 100000 --eval_steps 100000
 merge_candidate melgan24f_finetune j_melgan 1.1

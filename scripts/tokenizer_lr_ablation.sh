@@ -14,8 +14,7 @@ cd "$(dirname "$0")/.."
 CORPUS=${1:-data/speech_corpus}
 source scripts/vocoder_ablation_common.sh
 ablation_tokenizer tok_lr1e4_24g --time_budget_s 4200 --learning_rate 1e-4
-$PY -c "import json; json.dump({'cpu_tok_lr1e4_24g': json.load(open('runs/cpu/tok_lr1e4_24g/log.json'))}, \
-open('benchmarks/results/shipped_recipe/cpu_tokenizer_24bit_g_lr1e4.json', 'w'), indent=1)"
+keep_run_log runs/cpu/tok_lr1e4_24g cpu_tok_lr1e4_24g cpu_tokenizer_24bit_g_lr1e4
 $PY - <<'EOF'
 from pqvae_hf.assemble_checkpoint import assemble
 

@@ -30,15 +30,26 @@ ablation_tokenizer() {
     > "runs/cpu/$out.log" 2>&1
 }
 
+# keep_run_log RUN_DIR KEY NAME: RUN_DIR/log.json kept as {KEY: log} in benchmarks/results/shipped_recipe/NAME.json
+# (read by benchmarks/recipe_ablation.py).
+keep_run_log() {
+  $PY -c "import json; json.dump({'$2': json.load(open('$1/log.json'))}, \
+open('benchmarks/results/shipped_recipe/$3.json', 'w'), indent=1)"
+}
+
+# assemble_candidate TOKENIZER_DIR VOCODER_DIR OUTPUT [CONTRAST]: the two merged into OUTPUT (with
+# decoded_mel_contrast=CONTRAST when given, else the tokenizer's).
+assemble_candidate() {
+  local overrides=${4:+"{'decoded_mel_contrast': $4}"}
+  $PY -c "from pqvae_hf.assemble_checkpoint import assemble; assemble('$1', '$2', '$3', ${overrides:-None})"
+}
+
 # merge_candidate RUN LOG_GROUP [CONTRAST]: runs/cpu/voc_RUN merged with the tokenizer into runs/cand_RUN (with
 # decoded_mel_contrast=CONTRAST when given, else the tokenizer's), and its log.json kept as
-# benchmarks/results/shipped_recipe/cpu_vocoder_LOG_GROUP_RUN.json (read by benchmarks/recipe_ablation.py).
+# benchmarks/results/shipped_recipe/cpu_vocoder_LOG_GROUP_RUN.json.
 merge_candidate() {
-  local overrides=${3:+"{'decoded_mel_contrast': $3}"}
-  $PY -c "from pqvae_hf.assemble_checkpoint import assemble; \
-assemble('$TOKENIZER', 'runs/cpu/voc_$1', 'runs/cand_$1', ${overrides:-None})"
-  $PY -c "import json; json.dump({'cpu_voc_$1': json.load(open('runs/cpu/voc_$1/log.json'))}, \
-open('benchmarks/results/shipped_recipe/cpu_vocoder_$2_$1.json', 'w'), indent=1)"
+  assemble_candidate "$TOKENIZER" "runs/cpu/voc_$1" "runs/cand_$1" "${3:-}"
+  keep_run_log "runs/cpu/voc_$1" "cpu_voc_$1" "cpu_vocoder_$2_$1"
 }
 
 # score_tokens_on_validation OUT BASELINES CHECKPOINT...: tokens -> neural vocoder of each checkpoint folder scored on
