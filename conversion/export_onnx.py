@@ -12,7 +12,8 @@ stated tolerances (float32 rounding of a different but equivalent computation). 
 general: where two codewords are nearly equidistant the float differences of the two computations can pick the
 other one. `--dataset_dir ... --clips 40` measures it on real clips (fraction of identical codes, and how near a tie
 each differing code is). Griffin-Lim is iterative and not exported: models with vocoder="griffin_lim" get a decoder
-that returns the log-mel only.
+that returns the log-mel only. A neural vocoder's fixed number of refinement projections
+(`vocoder_phase_refinement_iters`) is unrolled into the graph.
 
 Lengths: `audio_values` has (F - 1) * hop samples, as `model.decode(codes)` without a padding mask. With the
 `padding_mask` of an input of L samples (F = L // hop + 1), PyTorch pads to exactly L samples, i.e. appends
@@ -32,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pqvae_hf.modeling.vocoder_pqvae import GRIFFIN_LIM_MOMENTUM, griffin_lim_projections
+
 MEL_TOLERANCE = 1e-3
 AUDIO_TOLERANCE = 1e-3
 
@@ -42,24 +45,37 @@ def _padded_window(window: torch.Tensor, n_fft: int) -> torch.Tensor:
     return F.pad(window, (left, n_fft - window.shape[0] - left))
 
 
-class ConvSTFTLogMel(nn.Module):
-    """Waveform (B, T) -> log-mel (B, n_mels, T // hop + 1), equal to LogMelSpectrogram up to float rounding."""
+class ConvSTFT(nn.Module):
+    """Waveform (B, T) -> STFT as (real, imag), each (B, n_fft // 2 + 1, T // hop + 1), like torch.stft(center=True,
+    pad_mode="constant")."""
 
-    def __init__(self, front_end):
+    def __init__(self, n_fft: int, hop: int, window: torch.Tensor):
         super().__init__()
-        n_fft, self.hop, self.floor = front_end.n_fft, front_end.hop_length, front_end.log_floor
-        self.half = n_fft // 2
-        window = _padded_window(front_end.window.detach().cpu().double(), n_fft)
+        self.hop, self.half = hop, n_fft // 2
+        window = _padded_window(window.detach().cpu().double(), n_fft)
         n = torch.arange(n_fft, dtype=torch.float64)
         k = torch.arange(n_fft // 2 + 1, dtype=torch.float64)
         angle = 2 * math.pi * k[:, None] * n[None, :] / n_fft
         basis = torch.cat([torch.cos(angle) * window, -torch.sin(angle) * window])  # (2K, n_fft)
         self.register_buffer("basis", basis.float()[:, None, :])
+
+    def forward(self, waveform: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        spec = F.conv1d(F.pad(waveform[:, None, :], (self.half, self.half)), self.basis, stride=self.hop)
+        real, imag = spec.chunk(2, dim=1)
+        return real, imag
+
+
+class ConvSTFTLogMel(nn.Module):
+    """Waveform (B, T) -> log-mel (B, n_mels, T // hop + 1), equal to LogMelSpectrogram up to float rounding."""
+
+    def __init__(self, front_end):
+        super().__init__()
+        self.floor = front_end.log_floor
+        self.stft = ConvSTFT(front_end.n_fft, front_end.hop_length, front_end.window)
         self.register_buffer("mel_filters", front_end.mel_filters.detach().cpu().float())
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
-        spec = F.conv1d(F.pad(waveform[:, None, :], (self.half, self.half)), self.basis, stride=self.hop)
-        real, imag = spec.chunk(2, dim=1)
+        real, imag = self.stft(waveform)
         magnitude = torch.sqrt(real**2 + imag**2)
         return torch.log(torch.clamp(torch.matmul(self.mel_filters, magnitude), min=self.floor))
 
@@ -113,6 +129,8 @@ class OnnxDecoder(nn.Module):
         self.model = model
         vocoder = model.vocoder if model.config.vocoder == "neural" else None
         self.istft = ConvISTFT(vocoder.n_fft, vocoder.hop_length, vocoder.window) if vocoder is not None else None
+        # The vocoder's phase refinement (vocoder_phase_refinement_iters), unrolled with the same projections.
+        self.stft = ConvSTFT(vocoder.n_fft, vocoder.hop_length, vocoder.window) if vocoder is not None else None
 
     def forward(self, audio_codes: torch.Tensor):
         latents = self.model.quantizer.decode(audio_codes)
@@ -121,8 +139,13 @@ class OnnxDecoder(nn.Module):
         mel = self.model._decode_latents(latents, frame_mask)
         if self.istft is None:
             return (mel,)
-        magnitude, phase = self.model.vocoder.magnitude_and_phase(self.model.postfilter_mel(mel, frame_mask))
-        return mel, self.istft(magnitude * torch.cos(phase), magnitude * torch.sin(phase))
+        vocoder = self.model.vocoder
+        magnitude, phase = vocoder.magnitude_and_phase(self.model.postfilter_mel(mel, frame_mask))
+        real, imag = magnitude * torch.cos(phase), magnitude * torch.sin(phase)
+        if vocoder.phase_refinement_iters > 0:
+            real, imag = griffin_lim_projections(magnitude, real, imag, vocoder.phase_refinement_iters,
+                                                 GRIFFIN_LIM_MOMENTUM, self.istft, self.stft)
+        return mel, self.istft(real, imag)
 
 
 def export(model, output: str, opset: int = 17) -> dict:

@@ -432,7 +432,7 @@ def train_vocoder(args) -> dict:
         feature_matching_loss,
         generator_adversarial_loss,
     )
-    from .vocoder_training import MultiResolutionSTFTLoss, PhaseDerivativeLoss, synthesize
+    from .vocoder_training import MultiResolutionSTFTLoss, PhaseDerivativeLoss
 
     device = _device(args.device)
     torch.manual_seed(args.seed)
@@ -492,7 +492,7 @@ def train_vocoder(args) -> dict:
                 usable = (batch.shape[1] - 1) // config.hop_length * config.hop_length
                 batch, mask = batch[:, :usable + 1], mask[:, :usable + 1]
                 decoded = torch.full((batch.shape[0],), kind == "token_mel", device=device)
-                wave, _, phase = synthesize(vocoder, vocoder_input(batch, mask, decoded))
+                wave, _, phase = vocoder.synthesize(vocoder_input(batch, mask, decoded))
                 target = batch[:, : wave.shape[1]]
                 mel_err += float((front_end(wave) - front_end(target)).abs().mean())
                 stft_err += float(sum(stft_loss(wave, target)))
@@ -522,7 +522,7 @@ def train_vocoder(args) -> dict:
         batch, mask = sampler.batch(args.batch_size)
         decoded = torch.rand(args.batch_size, device=device, generator=generator) < args.decoded_mel_fraction
         log_mel = vocoder_input(batch, mask, decoded)
-        prediction, _, phase = synthesize(vocoder, log_mel)
+        prediction, _, phase = vocoder.synthesize(log_mel)
         target = batch[:, : prediction.shape[1]]
         adversarial = step >= args.adversarial_start_step
         if adversarial:

@@ -183,15 +183,6 @@ class PhaseDerivativeLoss(torch.nn.Module):
         return frequency, delay
 
 
-def synthesize(vocoder: PQVAEVocoder, log_mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """`vocoder(log_mel)` plus the predicted magnitude and phase (B, K, F) it was made from, in one backbone pass."""
-    magnitude, phase = vocoder.magnitude_and_phase(log_mel)
-    spec = torch.complex(magnitude * torch.cos(phase), magnitude * torch.sin(phase))
-    waveform = torch.istft(spec, vocoder.n_fft, hop_length=vocoder.hop_length, win_length=vocoder.win_length,
-                           window=vocoder.window, center=True, length=(log_mel.shape[-1] - 1) * vocoder.hop_length)
-    return waveform, magnitude, phase
-
-
 class VocoderLoss(torch.nn.Module):
     """`mel_weight * L1(log-mel(output), input log-mel) + stft_weight * (SC + log-mag L1)
     + complex_stft_weight * relative complex-STFT L1 + time_weight * relative waveform L1
@@ -218,7 +209,7 @@ class VocoderLoss(torch.nn.Module):
 
     def forward(self, prediction: torch.Tensor, log_mel: torch.Tensor, target: torch.Tensor,
                 phase: torch.Tensor | None = None, magnitude: torch.Tensor | None = None) -> dict:
-        """`phase`, `magnitude`: the vocoder's predicted STFT (from `synthesize`), needed when `phase_weight` /
+        """`phase`, `magnitude`: the predicted STFT (`PQVAEVocoder.synthesize`), needed when `phase_weight` /
         `magnitude_weight` > 0. The magnitude term is the L1 between the predicted log-magnitude (before the inverse
         STFT) and the target's at the synthesis resolution, both floored at the front-end's `log_floor`."""
         mel_l1 = (self.front_end(prediction) - log_mel).abs().mean()
@@ -232,13 +223,13 @@ class VocoderLoss(torch.nn.Module):
             out.update(complex_stft_l1=complex_l1, time_l1=time_l1)
         if self.phase_weight > 0:
             if phase is None:
-                raise ValueError("`phase_weight` > 0 needs the predicted `phase` (see `synthesize`).")
+                raise ValueError("`phase_weight` > 0 needs the predicted `phase` (see `PQVAEVocoder.synthesize`).")
             frequency, delay = self.phase_derivative_loss(phase, target)
             loss = loss + self.phase_weight * (frequency + delay)
             out.update(inst_freq_error=frequency, group_delay_error=delay)
         if self.magnitude_weight > 0:
             if magnitude is None:
-                raise ValueError("`magnitude_weight` > 0 needs the predicted `magnitude` (see `synthesize`).")
+                raise ValueError("`magnitude_weight` > 0 needs the predicted `magnitude` (see `PQVAEVocoder.synthesize`).")
             true = self.front_end.magnitude(target)
             floor = self.front_end.log_floor
             magnitude_l1 = (torch.log(magnitude.clamp_min(floor)) - torch.log(true.clamp_min(floor))).abs().mean()
@@ -562,7 +553,7 @@ def main(argv=None):
         target = sampler.batch(args.batch_size)
         with torch.no_grad():
             log_mel = criterion.front_end(target)
-        prediction, magnitude, phase = synthesize(vocoder, log_mel)
+        prediction, magnitude, phase = vocoder.synthesize(log_mel)
         losses = criterion(prediction, log_mel, target, phase, magnitude)
         optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()

@@ -225,14 +225,12 @@ def test_vocoder_loss_adds_phase_terms_only_when_weighted():
 
 
 def test_synthesize_matches_forward_and_returns_the_phase():
-    from pqvae_hf.vocoder_training import synthesize
-
     torch.manual_seed(0)
     config = small_config()
     vocoder = PQVAEVocoder(config).eval()
     log_mel = torch.randn(2, config.num_mel_bins, 20) - 3.0
     with torch.no_grad():
-        waveform, magnitude, phase = synthesize(vocoder, log_mel)
+        waveform, magnitude, phase = vocoder.synthesize(log_mel)
         torch.testing.assert_close(waveform, vocoder(log_mel), atol=0, rtol=0)
         torch.testing.assert_close(magnitude, vocoder.magnitude_and_phase(log_mel)[0], atol=0, rtol=0)
         torch.testing.assert_close(phase, vocoder.magnitude_and_phase(log_mel)[1], atol=0, rtol=0)
@@ -261,11 +259,9 @@ def test_phase_derivative_loss_is_zero_for_the_true_phase_and_polarity_invariant
     assert 1.3 < float(delay) < 1.85
     # With the loss weighted in, VocoderLoss adds exactly phase_weight * (frequency + delay).
     vocoder = PQVAEVocoder(config)
-    from pqvae_hf.vocoder_training import synthesize
-
     plain = VocoderLoss(config)
     log_mel = plain.front_end(target)
-    prediction, magnitude, phase = synthesize(vocoder, log_mel)
+    prediction, magnitude, phase = vocoder.synthesize(log_mel)
     weighted = VocoderLoss(config, phase_weight=2.0)(prediction, log_mel, target, phase)
     base = plain(prediction, log_mel, target)
     expected = base["loss"] + 2.0 * (weighted["inst_freq_error"] + weighted["group_delay_error"])
@@ -374,3 +370,50 @@ def test_magnitude_prior_survives_save_load_meta_device_and_half_precision(tmp_p
         meta = PQVAEVocoder(config)
     meta.reset_buffers()
     torch.testing.assert_close(meta.mel_inverse, model.vocoder.mel_inverse, atol=0, rtol=0)
+
+
+def _inconsistency(vocoder: PQVAEVocoder, log_mel: torch.Tensor) -> float:
+    """Relative distance between the network's predicted magnitude and the magnitude of the waveform it yields."""
+    with torch.no_grad():
+        waveform, magnitude, _ = vocoder.synthesize(log_mel)
+        return float((vocoder.stft(waveform).abs() - magnitude).norm() / magnitude.norm())
+
+
+def test_phase_refinement_makes_the_output_consistent_with_the_predicted_magnitude():
+    """An untrained network's magnitude and phase are not the STFT of any waveform; each Griffin-Lim projection moves
+    the output's magnitude towards the predicted one."""
+    torch.manual_seed(0)
+    config = small_config()
+    vocoder = PQVAEVocoder(config).eval()
+    log_mel = LogMelSpectrogram(config)(sine_sweeps(8192, batch=2))
+    errors = {}
+    for iters in (0, 4, 16):
+        vocoder.phase_refinement_iters = iters
+        errors[iters] = _inconsistency(vocoder, log_mel)
+    assert errors[0] > 0.3, errors  # far from consistent before refinement
+    assert errors[16] < errors[4] < 0.8 * errors[0], errors
+
+
+def test_phase_refinement_keeps_padded_examples_as_alone_and_passes_gradients():
+    torch.manual_seed(0)
+    config = small_config(vocoder_phase_refinement_iters=4)
+    vocoder = PQVAEVocoder(config).eval()
+    log_mel = torch.randn(2, config.num_mel_bins, 40) - 3.0
+    frame_mask = torch.ones(2, 40)
+    frame_mask[1, 25:] = 0
+    with torch.no_grad():
+        batched = vocoder(log_mel, frame_mask)
+        alone = vocoder(log_mel[1:, :, :25])
+    valid = 24 * config.hop_length
+    assert alone.abs().max() > 1e-3
+    torch.testing.assert_close(batched[1, :valid], alone[0], atol=1e-5, rtol=1e-4)
+    assert batched[1, valid:].abs().max() == 0
+    vocoder.train()
+    vocoder(log_mel, frame_mask).pow(2).mean().backward()
+    for name, param in vocoder.named_parameters():
+        assert param.grad is not None and torch.isfinite(param.grad).all(), name
+
+
+def test_config_rejects_negative_phase_refinement():
+    with pytest.raises(ValueError, match="vocoder_phase_refinement_iters"):
+        small_config(vocoder_phase_refinement_iters=-1)
