@@ -8,7 +8,9 @@
 #   refine8:        the network's magnitude as it is
 #   refine8_prior:  magnitude rows restarted as a correction to the mel's pseudo-inverse (Griffin-Lim's magnitude)
 # Each is merged with the tokenizer (post-filter 1.1, as shipped) and scored on the validation split, tokens and
-# true mel, with the shipped checkpoint beside them. Resumable: a finished run is skipped.
+# true mel, each through its neural vocoder and Griffin-Lim, beside the shipped checkpoint (runs/cand_tok24h_lr4e4 of
+# scripts/tokenizer_lr_ablation_3h.sh: the same weights and config; its tokens -> neural vocoder scores are reused
+# from that script's results). Resumable: a finished run is skipped.
 # Usage: bash scripts/vocoder_phase_refinement_ablation.sh [CORPUS_DIR] [SECONDS]   (~75 min with 3,600 s)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,9 +33,11 @@ for run in refine8_24h refine8_prior_24h; do
 done
 OUT=benchmarks/results/codec_quality_validation_refinement
 mkdir -p $OUT/systems
-cp -n benchmarks/results/codec_quality_validation_tok24h/systems/{Codec2,Opus}_*.json $OUT/systems/ 2>/dev/null || true
+cp -n benchmarks/results/codec_quality_validation_tok24h/systems/{Codec2,Opus}_*.json \
+  benchmarks/results/codec_quality_validation_tok24h/systems/PQ-VAE_cand_tok24h_lr4e4__tokens_-__neural_vocoder.json \
+  $OUT/systems/ 2>/dev/null || true
 $PY benchmarks/codec_quality.py --corpus_dir "$CORPUS" --split validation --skip_baselines \
   --num_workers "${NUM_WORKERS:-2}" --checkpoint_inputs tokens true_mel --checkpoint_vocoders neural griffin_lim \
-  --output_dir $OUT --checkpoint checkpoints/pqvae-speech-small --checkpoint runs/cand_refine8_24h \
+  --output_dir $OUT --checkpoint runs/cand_tok24h_lr4e4 --checkpoint runs/cand_refine8_24h \
   --checkpoint runs/cand_refine8_prior_24h
 $PY benchmarks/recipe_ablation.py > /dev/null
