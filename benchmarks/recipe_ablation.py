@@ -23,7 +23,7 @@ RESULTS = os.path.join(HERE, "results", "shipped_recipe")
 QUALITY = tuple(os.path.join(HERE, "results", name, "systems") for name in (
     "codec_quality_validation", "mel_postfilter_validation", "mel_postfilter_validation_tok24d",
     "vocoder_postfilter_training", "codec_quality_validation_tok24e", "codec_quality_validation_tok24f",
-    "codec_quality_validation_tok24g", "codec_quality_validation_tok24h"))
+    "codec_quality_validation_tok24g", "codec_quality_validation_tok24h", "codec_quality_validation_refinement"))
 METRICS = ("stoi", "pesq_wb", "log_mel_db")
 # What each candidate checkpoint folder (runs/cand_*, merged with pqvae_hf.assemble_checkpoint.assemble) holds; step
 # numbers are those of scripts/train_shipped_checkpoint.sh.
@@ -90,7 +90,15 @@ CANDIDATES = {
     **{f"cand_tok24h_lr{rate}_vh": f"3g continued 4,500 s at peak learning rate {rate[0]}e-4"
        f" (scripts/tokenizer_lr_ablation_3h.sh) + vocoder 4h, decoded_mel_contrast=1.1" for rate in ("2e4", "4e4")},
     **{f"cand_tok24h_lr{rate}": f"the same tokenizer + 4h fine-tuned 900 s on its decoded mels,"
-       f" decoded_mel_contrast=1.1" for rate in ("2e4", "4e4")},
+       f" decoded_mel_contrast=1.1" + (": tokenizer 3h + vocoder 4i, shipped at stop 26" if rate == "4e4" else "")
+       for rate in ("2e4", "4e4")},
+    "cand_refine8_24h": "tokenizer 3h + vocoder 4i continued with 8 Griffin-Lim projections unrolled after its network"
+                        " (vocoder_phase_refinement_iters=8, scripts/vocoder_phase_refinement_ablation.sh),"
+                        " decoded_mel_contrast=1.1",
+    "cand_refine8_prior_24h": "the same with the magnitude prior (vocoder_magnitude_prior=mel_pseudo_inverse, magnitude"
+                              " rows restarted from it)",
+    **{f"cand_refine8_prior_24h_k{iters}": f"cand_refine8_prior_24h's weights run with {iters} projections at inference"
+       f" (trained with 8)" for iters in (16, 32)},
 }
 
 

@@ -37,11 +37,12 @@ keep_run_log() {
 open('benchmarks/results/shipped_recipe/$3.json', 'w'), indent=1)"
 }
 
-# assemble_candidate TOKENIZER_DIR VOCODER_DIR OUTPUT [CONTRAST]: the two merged into OUTPUT (with
-# decoded_mel_contrast=CONTRAST when given, else the tokenizer's).
+# assemble_candidate TOKENIZER_DIR VOCODER_DIR OUTPUT [CONTRAST [EXTRA]]: the two merged into OUTPUT (with
+# decoded_mel_contrast=CONTRAST when given, else the tokenizer's; EXTRA: more config fields as Python dict items,
+# e.g. "'vocoder_phase_refinement_iters': 32").
 assemble_candidate() {
-  local overrides=${4:+"{'decoded_mel_contrast': $4}"}
-  $PY -c "from pqvae_hf.assemble_checkpoint import assemble; assemble('$1', '$2', '$3', ${overrides:-None})"
+  local overrides="{${4:+'decoded_mel_contrast': $4, }${5:-}}"
+  $PY -c "from pqvae_hf.assemble_checkpoint import assemble; assemble('$1', '$2', '$3', $overrides)"
 }
 
 # merge_candidate RUN LOG_GROUP [CONTRAST]: runs/cpu/voc_RUN merged with the tokenizer into runs/cand_RUN (with

@@ -10,7 +10,8 @@
 # Each is merged with the tokenizer (post-filter 1.1, as shipped) and scored on the validation split, tokens and
 # true mel, each through its neural vocoder and Griffin-Lim, beside the shipped checkpoint (runs/cand_tok24h_lr4e4 of
 # scripts/tokenizer_lr_ablation_3h.sh: the same weights and config; its tokens -> neural vocoder scores are reused
-# from that script's results). Resumable: a finished run is skipped.
+# from that script's results). The prior run is also scored with 16 and 32 projections at inference (the same weights,
+# trained with 8). Resumable: a finished run is skipped, cached scores are reused.
 # Usage: bash scripts/vocoder_phase_refinement_ablation.sh [CORPUS_DIR] [SECONDS]   (~75 min with 3,600 s)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,6 +32,10 @@ wait
 for run in refine8_24h refine8_prior_24h; do
   merge_candidate "$run" h 1.1
 done
+for iters in 16 32; do
+  assemble_candidate $TOKENIZER runs/cpu/voc_refine8_prior_24h runs/cand_refine8_prior_24h_k$iters 1.1 \
+    "'vocoder_phase_refinement_iters': $iters"
+done
 OUT=benchmarks/results/codec_quality_validation_refinement
 mkdir -p $OUT/systems
 cp -n benchmarks/results/codec_quality_validation_tok24h/systems/{Codec2,Opus}_*.json \
@@ -39,5 +44,6 @@ cp -n benchmarks/results/codec_quality_validation_tok24h/systems/{Codec2,Opus}_*
 $PY benchmarks/codec_quality.py --corpus_dir "$CORPUS" --split validation --skip_baselines \
   --num_workers "${NUM_WORKERS:-2}" --checkpoint_inputs tokens true_mel --checkpoint_vocoders neural griffin_lim \
   --output_dir $OUT --checkpoint runs/cand_tok24h_lr4e4 --checkpoint runs/cand_refine8_24h \
-  --checkpoint runs/cand_refine8_prior_24h
+  --checkpoint runs/cand_refine8_prior_24h --checkpoint runs/cand_refine8_prior_24h_k16 \
+  --checkpoint runs/cand_refine8_prior_24h_k32
 $PY benchmarks/recipe_ablation.py > /dev/null

@@ -118,6 +118,11 @@ class PQVAEConfig(PreTrainedConfig):
         vocoder_magnitude_prior (`str`, defaults to `"none"`): `"mel_pseudo_inverse"` makes the neural vocoder predict
             a log-magnitude correction to the mel filterbank's pseudo-inverse (Griffin-Lim's magnitude) instead of
             the whole log-magnitude; `"none"` predicts it directly.
+        vocoder_phase_refinement_iters (`int`, defaults to 0): Griffin-Lim projections unrolled inside the neural
+            vocoder after its network: starting from the predicted magnitude and phase, each one goes to the waveform
+            and back and keeps the new phase with the predicted magnitude, so the output's STFT becomes consistent.
+            Weight-free but differentiable, so a vocoder trained with them learns a magnitude and phase that they
+            refine well (as in Deep Griffin-Lim Iteration, Masuyama et al. 2019). 0 turns them off.
         griffin_lim_iters (`int`, defaults to 32).
         decoded_mel_contrast (`float`, defaults to 1.0): global-variance post-filter on the log-mel decoded from
             tokens, before the vocoder: each mel band's deviation from its mean over the example's valid frames is
@@ -178,6 +183,7 @@ class PQVAEConfig(PreTrainedConfig):
     vocoder_intermediate_size: int = 768
     vocoder_num_layers: int = 6
     vocoder_magnitude_prior: str = "none"
+    vocoder_phase_refinement_iters: int = 0
     griffin_lim_iters: int = 32
     decoded_mel_contrast: float = 1.0
 
@@ -212,6 +218,9 @@ class PQVAEConfig(PreTrainedConfig):
         for name, value in positive.items():
             if value <= 0:
                 raise ValueError(f"`{name}` must be a positive integer, got {value}.")
+        if self.vocoder_phase_refinement_iters < 0:
+            raise ValueError(f"`vocoder_phase_refinement_iters` must be >= 0 (0 turns the refinement off), got"
+                             f" {self.vocoder_phase_refinement_iters}.")
         for name in ("num_encoder_layers", "num_decoder_layers"):
             if getattr(self, name) < 0:
                 raise ValueError(f"`{name}` must be >= 0, got {getattr(self, name)}.")

@@ -23,8 +23,10 @@ from transformers.utils import ModelOutput
 
 from .configuration_pqvae import PQVAEConfig
 from .vocoder_pqvae import (
+    GRIFFIN_LIM_MOMENTUM,
     PQVAEVocoder,
     VocoderConvNeXtBlock,
+    griffin_lim_projections,
     mel_filterbank,
     mel_pseudo_inverse,
     mel_pseudo_inverse_magnitude,
@@ -171,7 +173,7 @@ class GriffinLim(nn.Module):
         super().__init__()
         self.front_end = [front_end]  # a list, so the shared buffers are not registered twice
         self.num_iters = config.griffin_lim_iters
-        self.momentum = 0.99
+        self.momentum = GRIFFIN_LIM_MOMENTUM
 
     def forward(self, log_mel: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
         if log_mel.shape[-1] < 2:
@@ -204,15 +206,18 @@ class GriffinLim(nn.Module):
         if initial_phase is None:
             generator = torch.Generator(device="cpu").manual_seed(0)
             initial_phase = torch.rand(magnitude.shape, generator=generator).to(magnitude.device) * 2 * math.pi
-        spec = magnitude * torch.exp(1j * initial_phase)
-        previous = torch.zeros_like(spec)
-        for _ in range(self.num_iters):
-            audio = torch.istft(spec, length=length, **stft)
-            rebuilt = torch.stft(audio, pad_mode="constant", return_complex=True, **stft)
-            accelerated = rebuilt - (self.momentum / (1 + self.momentum)) * previous
-            previous = rebuilt
-            spec = magnitude * accelerated / accelerated.abs().clamp_min(1e-8)
-        return torch.istft(spec, length=length, **stft)
+
+        def to_waveform(real: torch.Tensor, imag: torch.Tensor) -> torch.Tensor:
+            return torch.istft(torch.complex(real, imag), length=length, **stft)
+
+        def to_spectrogram(audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            spec = torch.stft(audio, pad_mode="constant", return_complex=True, **stft)
+            return spec.real, spec.imag
+
+        real, imag = griffin_lim_projections(magnitude, magnitude * torch.cos(initial_phase),
+                                             magnitude * torch.sin(initial_phase), self.num_iters, self.momentum,
+                                             to_waveform, to_spectrogram)
+        return to_waveform(real, imag)
 
 
 # --------------------------------------------------------------------------------------------------------------------

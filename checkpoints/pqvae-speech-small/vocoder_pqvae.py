@@ -54,6 +54,33 @@ def mel_pseudo_inverse_magnitude(log_mel: torch.Tensor, pseudo_inverse: torch.Te
         return (pseudo_inverse.float() @ torch.exp(log_mel.float())).clamp_min(0.0)
 
 
+# Fast Griffin-Lim's momentum (Perraud et al. 2013), for the Griffin-Lim vocoder and the neural vocoder's refinement.
+GRIFFIN_LIM_MOMENTUM = 0.99
+
+
+def griffin_lim_projections(magnitude: torch.Tensor, real: torch.Tensor, imag: torch.Tensor, num_iters: int,
+                            momentum: float, to_waveform, to_spectrogram,
+                            eps: float = 1e-8) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fast Griffin-Lim (Perraud et al. 2013) from a starting STFT given as real and imaginary parts, each (B, K, F).
+
+    Each iteration goes to the waveform and back (`to_waveform(real, imag) -> (B, T)`, `to_spectrogram(waveform) ->
+    (real, imag)`: the caller's inverse and forward STFT), extrapolates the rebuilt spectrogram with `momentum`, and
+    keeps its phase with the target `magnitude` (B, K, F). Real arithmetic only, so the same code runs in PyTorch and
+    in the ONNX export (conversion/export_onnx.py); differentiable everywhere (the norm has `eps` inside the square
+    root), so the neural vocoder can unroll it (`vocoder_phase_refinement_iters`). The weight-free Griffin-Lim
+    vocoder runs it from random phases."""
+    previous_real, previous_imag = torch.zeros_like(real), torch.zeros_like(imag)
+    extrapolation = momentum / (1 + momentum)
+    for _ in range(num_iters):
+        rebuilt_real, rebuilt_imag = to_spectrogram(to_waveform(real, imag))
+        real = rebuilt_real - extrapolation * previous_real
+        imag = rebuilt_imag - extrapolation * previous_imag
+        previous_real, previous_imag = rebuilt_real, rebuilt_imag
+        scale = magnitude * torch.rsqrt(real**2 + imag**2 + eps**2)
+        real, imag = real * scale, imag * scale
+    return real, imag
+
+
 class VocoderConvNeXtBlock(nn.Module):
     """Depthwise conv -> LayerNorm -> pointwise MLP (GELU), residual with layer scale. (B, C, F) -> (B, C, F).
 
@@ -125,6 +152,7 @@ class PQVAEVocoder(nn.Module):
         # The inverse STFT runs in float32 (its window stays float32 when the model is cast to half precision).
         self.register_buffer("window", torch.hann_window(config.win_length, dtype=torch.float32), persistent=False)
         self.magnitude_prior = config.vocoder_magnitude_prior
+        self.phase_refinement_iters = config.vocoder_phase_refinement_iters
         self.log_floor = config.log_floor
         self._config = config  # rebuilds the filterbank's pseudo-inverse in `reset_buffers`
         if self.magnitude_prior == "mel_pseudo_inverse":
@@ -189,7 +217,7 @@ class PQVAEVocoder(nn.Module):
         return magnitude, phase
 
     def spectrogram(self, log_mel: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Predicted complex STFT: log-mel (B, M, F) -> (B, K, F) complex64."""
+        """Predicted complex STFT, before any phase refinement: log-mel (B, M, F) -> (B, K, F) complex64."""
         magnitude, phase = self.magnitude_and_phase(log_mel, frame_mask)
         # cos/sin of an unconstrained angle: every value is a valid phase, with no wrap-around discontinuity to learn.
         return torch.complex(magnitude * torch.cos(phase), magnitude * torch.sin(phase))
@@ -199,16 +227,48 @@ class PQVAEVocoder(nn.Module):
 
         `frame_mask` (B, F), optional: 1 for valid frames, 0 for right padding; each example then gets exactly the
         waveform it gets alone, followed by zeros."""
+        return self.synthesize(log_mel, frame_mask)[0]
+
+    def synthesize(self, log_mel: torch.Tensor,
+                   frame_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`forward`'s waveform (B, (F - 1) * hop_length) plus the network's magnitude and phase (B, K, F) it was made
+        from (before any phase refinement), in one pass: training scores all three."""
         if log_mel.dim() != 3:
             raise ValueError(f"`log_mel` must be (batch, num_mel_bins, frames), got shape {tuple(log_mel.shape)}.")
         num_frames = log_mel.shape[-1]
         if num_frames < 2:
             # One frame spans no hop, so there are no samples to produce (as with Griffin-Lim); istft rejects length 0.
-            return log_mel.new_zeros(log_mel.shape[0], 0, dtype=torch.float32)
+            empty = log_mel.new_zeros(log_mel.shape[0], 0, dtype=torch.float32)
+            return empty, empty, empty
+        magnitude, phase = self.magnitude_and_phase(log_mel, frame_mask)
+        real, imag = magnitude * torch.cos(phase), magnitude * torch.sin(phase)
         length = (num_frames - 1) * self.hop_length
-        spec = self.spectrogram(log_mel, frame_mask)
-        if frame_mask is not None:
-            spec = spec * frame_mask[:, None, :].to(spec.real.dtype)  # padded frames add nothing to the overlap-add
+        if self.phase_refinement_iters > 0:
+            keep = 1.0 if frame_mask is None else frame_mask[:, None, :].to(real.dtype)
+
+            def to_spectrogram(waveform: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                spec = self.stft(waveform)
+                return spec.real * keep, spec.imag * keep  # padded frames stay empty
+
+            real, imag = griffin_lim_projections(
+                magnitude, real * keep, imag * keep, self.phase_refinement_iters, GRIFFIN_LIM_MOMENTUM,
+                lambda re, im: self.inverse_stft(torch.complex(re, im), length, frame_mask), to_spectrogram)
+        return self.inverse_stft(torch.complex(real, imag), length, frame_mask), magnitude, phase
+
+    @staticmethod
+    def _masked(spec: torch.Tensor, frame_mask: torch.Tensor | None) -> torch.Tensor:
+        return spec if frame_mask is None else spec * frame_mask[:, None, :].to(spec.real.dtype)
+
+    def stft(self, waveform: torch.Tensor) -> torch.Tensor:
+        """Centred STFT with zero padding: (B, T) -> (B, K, T // hop_length + 1) complex64. Zero (not reflect) padding
+        makes a right-padded example's valid frames the same as alone, where the padding zeros stand for silence."""
+        return torch.stft(waveform.float(), self.n_fft, hop_length=self.hop_length, win_length=self.win_length,
+                          window=self.window.float(), center=True, pad_mode="constant", return_complex=True)
+
+    def inverse_stft(self, spec: torch.Tensor, length: int, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, K, F) complex -> (B, length) float32, like torch.istft(center=True). With a `frame_mask` (B, F), each
+        example is synthesised from its own valid frames only, as alone, and zero past its last valid frame."""
+        spec = self._masked(spec, frame_mask)  # padded frames add nothing to the overlap-add
         audio = torch.istft(spec, self.n_fft, hop_length=self.hop_length, win_length=self.win_length,
                             window=self.window, center=True, length=length)
         if frame_mask is None:
@@ -233,4 +293,4 @@ class PQVAEVocoder(nn.Module):
         return envelope[:, start : start + (frame_mask.shape[-1] - 1) * self.hop_length]
 
 
-__all__ = ["PQVAEVocoder", "mel_filterbank", "mel_pseudo_inverse", "mel_pseudo_inverse_magnitude"]
+__all__ = ["GRIFFIN_LIM_MOMENTUM", "PQVAEVocoder", "griffin_lim_projections", "mel_filterbank", "mel_pseudo_inverse", "mel_pseudo_inverse_magnitude"]
