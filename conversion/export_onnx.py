@@ -33,8 +33,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pqvae_hf.modeling.vocoder_pqvae import GRIFFIN_LIM_MOMENTUM, griffin_lim_projections
-
 MEL_TOLERANCE = 1e-3
 AUDIO_TOLERANCE = 1e-3
 
@@ -141,11 +139,7 @@ class OnnxDecoder(nn.Module):
             return (mel,)
         vocoder = self.model.vocoder
         magnitude, phase = vocoder.magnitude_and_phase(self.model.postfilter_mel(mel, frame_mask))
-        real, imag = magnitude * torch.cos(phase), magnitude * torch.sin(phase)
-        if vocoder.phase_refinement_iters > 0:
-            real, imag = griffin_lim_projections(magnitude, real, imag, vocoder.phase_refinement_iters,
-                                                 GRIFFIN_LIM_MOMENTUM, self.istft, self.stft)
-        return mel, self.istft(real, imag)
+        return mel, self.istft(*vocoder.output_spectrogram(magnitude, phase, self.istft, self.stft))
 
 
 def export(model, output: str, opset: int = 17) -> dict:

@@ -229,7 +229,8 @@ class VocoderLoss(torch.nn.Module):
             out.update(inst_freq_error=frequency, group_delay_error=delay)
         if self.magnitude_weight > 0:
             if magnitude is None:
-                raise ValueError("`magnitude_weight` > 0 needs the predicted `magnitude` (see `PQVAEVocoder.synthesize`).")
+                raise ValueError("`magnitude_weight` > 0 needs the predicted `magnitude` (see"
+                                 " `PQVAEVocoder.synthesize`).")
             true = self.front_end.magnitude(target)
             floor = self.front_end.log_floor
             magnitude_l1 = (torch.log(magnitude.clamp_min(floor)) - torch.log(true.clamp_min(floor))).abs().mean()

@@ -216,12 +216,6 @@ class PQVAEVocoder(nn.Module):
         magnitude = torch.exp(log_magnitude.clamp(max=self.max_log_magnitude))
         return magnitude, phase
 
-    def spectrogram(self, log_mel: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Predicted complex STFT, before any phase refinement: log-mel (B, M, F) -> (B, K, F) complex64."""
-        magnitude, phase = self.magnitude_and_phase(log_mel, frame_mask)
-        # cos/sin of an unconstrained angle: every value is a valid phase, with no wrap-around discontinuity to learn.
-        return torch.complex(magnitude * torch.cos(phase), magnitude * torch.sin(phase))
-
     def forward(self, log_mel: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
         """log_mel (B, num_mel_bins, F) -> waveform (B, (F - 1) * hop_length), float32.
 
@@ -241,19 +235,28 @@ class PQVAEVocoder(nn.Module):
             empty = log_mel.new_zeros(log_mel.shape[0], 0, dtype=torch.float32)
             return empty, empty, empty
         magnitude, phase = self.magnitude_and_phase(log_mel, frame_mask)
-        real, imag = magnitude * torch.cos(phase), magnitude * torch.sin(phase)
         length = (num_frames - 1) * self.hop_length
-        if self.phase_refinement_iters > 0:
-            keep = 1.0 if frame_mask is None else frame_mask[:, None, :].to(real.dtype)
 
-            def to_spectrogram(waveform: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-                spec = self.stft(waveform)
-                return spec.real * keep, spec.imag * keep  # padded frames stay empty
+        def to_spectrogram(waveform: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            spec = self._masked(self.stft(waveform), frame_mask)  # padded frames stay empty
+            return spec.real, spec.imag
 
-            real, imag = griffin_lim_projections(
-                magnitude, real * keep, imag * keep, self.phase_refinement_iters, GRIFFIN_LIM_MOMENTUM,
-                lambda re, im: self.inverse_stft(torch.complex(re, im), length, frame_mask), to_spectrogram)
+        real, imag = self.output_spectrogram(
+            magnitude, phase, lambda re, im: self.inverse_stft(torch.complex(re, im), length, frame_mask),
+            to_spectrogram)
         return self.inverse_stft(torch.complex(real, imag), length, frame_mask), magnitude, phase
+
+    def output_spectrogram(self, magnitude: torch.Tensor, phase: torch.Tensor, to_waveform,
+                           to_spectrogram) -> tuple[torch.Tensor, torch.Tensor]:
+        """The network's magnitude and phase (B, K, F) -> the STFT the output is synthesised from, as (real, imag):
+        the network's own, or after `phase_refinement_iters` Griffin-Lim projections run with the caller's inverse
+        and forward STFT (`griffin_lim_projections`; torch's here, convolutions in the ONNX export)."""
+        # cos/sin of an unconstrained angle: every value is a valid phase, with no wrap-around discontinuity to learn.
+        real, imag = magnitude * torch.cos(phase), magnitude * torch.sin(phase)
+        if self.phase_refinement_iters == 0:
+            return real, imag
+        return griffin_lim_projections(magnitude, real, imag, self.phase_refinement_iters, GRIFFIN_LIM_MOMENTUM,
+                                       to_waveform, to_spectrogram)
 
     @staticmethod
     def _masked(spec: torch.Tensor, frame_mask: torch.Tensor | None) -> torch.Tensor:
@@ -293,4 +296,5 @@ class PQVAEVocoder(nn.Module):
         return envelope[:, start : start + (frame_mask.shape[-1] - 1) * self.hop_length]
 
 
-__all__ = ["GRIFFIN_LIM_MOMENTUM", "PQVAEVocoder", "griffin_lim_projections", "mel_filterbank", "mel_pseudo_inverse", "mel_pseudo_inverse_magnitude"]
+__all__ = ["GRIFFIN_LIM_MOMENTUM", "PQVAEVocoder", "griffin_lim_projections", "mel_filterbank", "mel_pseudo_inverse",
+           "mel_pseudo_inverse_magnitude"]
