@@ -25,7 +25,7 @@ QUALITY = tuple(os.path.join(HERE, "results", name, "systems") for name in (
     "vocoder_postfilter_training", "codec_quality_validation_tok24e", "codec_quality_validation_tok24f",
     "codec_quality_validation_tok24g", "codec_quality_validation_tok24h", "codec_quality_validation_refinement",
     "codec_quality_validation_refinement_b", "codec_quality_validation_tok24i",
-    "codec_quality_validation_tok24j"))
+    "codec_quality_validation_tok24j", "codec_quality_validation_tok24j_lr8e4"))
 METRICS = ("stoi", "pesq_wb", "log_mel_db")
 # What each candidate checkpoint folder (runs/cand_*, merged with pqvae_hf.assemble_checkpoint.assemble) holds; step
 # numbers are those of scripts/train_shipped_checkpoint.sh.
@@ -108,6 +108,9 @@ CANDIDATES = {
     "cand_tok24j_vj": "tokenizer 3j (3i continued 4,500 s at peak learning rate 4e-4, scripts/tokenizer_stage_next.sh)"
                       " + vocoder 4j, decoded_mel_contrast=1.1",
     "cand_tok24j_vk": "tokenizer 3j + vocoder 4k (4j fine-tuned 900 s on 3j's decoded mels), decoded_mel_contrast=1.1",
+    "cand_tok24j_lr8e4_vj": "tokenizer 3j at peak learning rate 8e-4 instead of 4e-4 (LEARNING_RATE=8e-4"
+                            " scripts/tokenizer_stage_next.sh) + vocoder 4j, decoded_mel_contrast=1.1",
+    "cand_tok24j_lr8e4_vk": "the same + vocoder 4k' (4j fine-tuned 900 s on its decoded mels), decoded_mel_contrast=1.1",
     "cand_refine8_prior_24h_b_k32": "cand_refine8_prior_24h's vocoder continued 1,500 s on 90 % token mels, run with 32"
                                     " projections",
 }
