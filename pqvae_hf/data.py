@@ -366,13 +366,20 @@ def _local_audio_dataset(directory: str):
 
 def load_audio_dataset(dataset_name: str | None = None, dataset_dir: str | None = None,
                        dataset_config_name: str | None = None, split: str = "train", split_column: str | None = None,
-                       audio_column: str = "audio", max_samples: int | None = None, cache_dir: str | None = None):
+                       audio_column: str = "audio", max_samples: int | None = None, cache_dir: str | None = None,
+                       streaming: bool = False):
     """Load one split of a Hub dataset (`dataset_name`) or a local folder (`dataset_dir`: audiofolder layout, a
     `save_to_disk` folder or a folder of parquet files), with its audio column cast to `Audio(decode=False)`.
 
     `split_column`: select rows whose `split_column` equals `split` (e.g. the corpus's `split` column) instead of a
     named split.
+    `streaming`: return a `datasets.IterableDataset` that reads rows as they are iterated. A Hub dataset is then
+    streamed (`load_dataset(..., streaming=True)`: nothing is downloaded up front, only the rows read); a local
+    folder is loaded as usual and iterated in shards. `max_samples` takes the first N rows of the stream.
     """
+    if streaming and dataset_name is not None:
+        return _streamed_audio_dataset(dataset_name, dataset_config_name, split, split_column, audio_column,
+                                       max_samples, cache_dir)
     from datasets import Audio, DatasetDict, load_dataset, load_from_disk
 
     if (dataset_name is None) == (dataset_dir is None):
@@ -406,7 +413,55 @@ def load_audio_dataset(dataset_name: str | None = None, dataset_dir: str | None 
         data = data.cast_column(audio_column, Audio(decode=False))
     if max_samples is not None and max_samples < len(data):
         data = data.select(range(max_samples))
+    if streaming:  # a local folder: already on disk, iterated in shards (so a shuffle buffer mixes shards)
+        data = data.to_iterable_dataset(num_shards=max(1, min(len(data), 64)))
     return data
+
+
+def _streamed_audio_dataset(dataset_name: str, dataset_config_name: str | None, split: str, split_column: str | None,
+                            audio_column: str, max_samples: int | None, cache_dir: str | None):
+    """`load_audio_dataset(..., streaming=True)` for a Hub dataset: the same checks, made lazily where they must be
+    (a stream has no length; its columns may only be known from its first row)."""
+    from datasets import Audio, IterableDatasetDict, load_dataset
+
+    data = load_dataset(dataset_name, dataset_config_name, cache_dir=cache_dir, streaming=True)
+    if isinstance(data, IterableDatasetDict):
+        wanted = "train" if split_column else split
+        if wanted not in data:
+            raise ValueError(f"Split {wanted!r} not found; available: {list(data)}.")
+        data = data[wanted]
+    first = next(iter(data.take(1)), None)
+    if first is None:
+        raise ValueError(f"Split {'train' if split_column else split!r} of {dataset_name} is empty.")
+    columns = data.column_names or list(first)
+    if split_column:
+        if split_column not in columns:
+            raise ValueError(f"split_column {split_column!r} not in columns {columns}.")
+        data = data.filter(lambda value: value == split, input_columns=split_column)
+        if next(iter(data.take(1)), None) is None:
+            raise ValueError(f"No rows with {split_column} == {split!r}.")
+    if audio_column not in columns:
+        raise ValueError(f"Audio column {audio_column!r} not found; columns are {columns}.")
+    if data.features is not None and isinstance(data.features.get(audio_column), Audio):
+        data = data.cast_column(audio_column, Audio(decode=False))
+    if max_samples is not None:
+        data = data.take(max_samples)
+    return data
+
+
+def materialize(stream, description: str = "Reading"):
+    """A streamed split (`datasets.IterableDataset`) read into a `datasets.Dataset`, for evaluation, which sorts clips
+    by length and so needs them all; memory stays bounded (rows go to an Arrow file in the datasets cache)."""
+    import tempfile
+
+    from datasets import Dataset
+    from tqdm.auto import tqdm
+
+    def rows():
+        yield from tqdm(stream, desc=description, unit=" rows")
+
+    # A fresh cache folder: a generator's fingerprint cannot tell two streams' contents apart.
+    return Dataset.from_generator(rows, features=stream.features, cache_dir=tempfile.mkdtemp(prefix="pqvae-stream-"))
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -472,7 +527,10 @@ class AudioCollator:
 
 
 def add_index_column(dataset, name: str = "__index__"):
-    """Adds each row's position, which makes random crops reproducible (see AudioCollator)."""
-    if name in dataset.column_names:
+    """Adds each row's position, which makes random crops reproducible (see AudioCollator). On a stream
+    (`datasets.IterableDataset`) the position is counted as rows are read (before any shuffle buffer)."""
+    if name in (dataset.column_names or ()):
         return dataset
+    if not hasattr(dataset, "__len__"):
+        return dataset.map(lambda row, index: {name: index}, with_indices=True)
     return dataset.add_column(name, list(range(len(dataset))))

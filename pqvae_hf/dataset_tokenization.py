@@ -167,13 +167,27 @@ def tokenize_dataset(dataset, model_or_path, audio_column: str = "audio", batch_
     already has a column of an output's name is refused rather than overwritten. A bad audio file stops the run with
     its path, row and `split`; `skip_bad_audio=True` checks every file first and drops the bad ones instead (each
     logged, listed in `bad_audio_report` when given). `return_summary=True` returns `(dataset, summary dict)`.
-    """
-    from datasets import Audio
 
-    if audio_column not in dataset.column_names:
-        raise ValueError(f"Audio column {audio_column!r} not found; columns are {dataset.column_names}.")
+    A stream (`datasets.IterableDataset`, e.g. `load_dataset(..., streaming=True)`) is tokenized lazily: the result is
+    a stream whose rows are encoded as they are read, in one process, so `num_proc`, `skip_bad_audio` and the summary
+    (totals over the whole dataset) are refused for it.
+    """
+    from datasets import Audio, IterableDataset
+
+    streamed = isinstance(dataset, IterableDataset)
+    if streamed:
+        refused = [name for name, given in (("num_proc > 1", (num_proc or 1) > 1), ("skip_bad_audio", skip_bad_audio),
+                                            ("return_summary", return_summary)) if given]
+        if refused:
+            raise ValueError(f"{', '.join(refused)} need(s) the whole dataset, which a stream (IterableDataset) is"
+                             f" not: drop them, or load the dataset without streaming=True.")
+    columns = dataset.column_names
+    if columns is None:  # a stream whose features are unknown: its first row names them
+        columns = list(next(iter(dataset.take(1)), {}))
+    if audio_column not in columns:
+        raise ValueError(f"Audio column {audio_column!r} not found; columns are {columns}.")
     outputs = output_columns(lm_token_offset, column_prefix)
-    kept = set(dataset.column_names) - ({audio_column} if remove_audio else set())
+    kept = set(columns) - ({audio_column} if remove_audio else set())
     clash = [name for name in outputs if name in kept]
     if clash:
         instead = ("choose another column_prefix" if column_prefix else
@@ -181,7 +195,8 @@ def tokenize_dataset(dataset, model_or_path, audio_column: str = "audio", batch_
                    f" {', '.join(output_columns(lm_token_offset, 'pqvae_'))} instead")
         raise ValueError(f"The dataset already has column(s) {clash}, which tokenization would overwrite: {instead},"
                          f" or drop yours first (dataset.remove_columns({clash})).")
-    if isinstance(dataset.features[audio_column], Audio) and dataset.features[audio_column].decode:
+    features = dataset.features or {}
+    if isinstance(features.get(audio_column), Audio) and features[audio_column].decode:
         # Decoding ourselves (soundfile) avoids needing torchcodec/FFmpeg and resamples explicitly.
         dataset = dataset.cast_column(audio_column, Audio(decode=False))
     report = None
@@ -193,6 +208,12 @@ def tokenize_dataset(dataset, model_or_path, audio_column: str = "audio", batch_
     threads = 1 if (num_proc or 1) > 1 and device == "cpu" else None
     function = DatasetTokenizer(_materialize(model_or_path), audio_column, device, chunk_seconds, lm_token_offset,
                                 add_boundary_tokens, torch_threads=threads, split=split, column_prefix=column_prefix)
+    if streamed:
+        if log_summary:
+            logger.info("Tokenizing a stream: rows are encoded as they are read (no totals up front).")
+        return dataset.map(function, batched=True, batch_size=batch_size, with_indices=True,
+                           remove_columns=[audio_column] if remove_audio else None
+                           ).remove_columns([RESAMPLED_COLUMN, DOWNMIXED_COLUMN])
     start = time.time()
     tokenized = dataset.map(
         function, batched=True, batch_size=batch_size, num_proc=num_proc, with_indices=True, with_rank=True,

@@ -21,7 +21,7 @@ import transformers
 from transformers import AutoProcessor, HfArgumentParser, TrainingArguments, set_seed
 
 from . import PQVAEConfig, PQVAEFeatureExtractor, PQVAEModel, PQVAEProcessor
-from .data import AudioCollator, BadAudioReport, add_index_column, drop_bad_audio, load_audio_dataset
+from .data import AudioCollator, BadAudioReport, add_index_column, drop_bad_audio, load_audio_dataset, materialize
 from .packed_training import parse_overrides
 from .trainer import EpochSetterCallback, PQVAETrainer
 
@@ -68,6 +68,14 @@ class DataArguments:
                 " Default: the first bad file stops the run with its name and the fix."})
     preprocessing_num_workers: int | None = field(default=None, metadata={
         "help": "Processes for checking audio files with --skip_bad_audio."})
+    streaming: bool = field(default=False, metadata={
+        "help": "Stream the training split (datasets' streaming=True: rows are read as training goes, nothing is"
+                " downloaded up front); needs --max_steps. Evaluation splits are streamed into a local Arrow file"
+                " first (evaluation sorts clips by length). Resuming replays the stream past the batches trained on:"
+                " exact within the first pass over it. Not with --skip_bad_audio: a stream cannot be checked before"
+                " training."})
+    shuffle_buffer_size: int = field(default=1000, metadata={
+        "help": "With --streaming: rows held in the shuffle buffer of the training stream (seeded by --seed)."})
 
 
 def build_model(args: ModelArguments) -> tuple[PQVAEModel, PQVAEProcessor]:
@@ -134,6 +142,15 @@ def run(argv: list[str] | None = None) -> dict:
 
     if not (training_args.do_train or training_args.do_eval or data_args.test_split):
         raise ValueError("Nothing to do: pass --do_train and/or --do_eval (or --test_split).")
+    if data_args.streaming:
+        if training_args.do_train and training_args.max_steps <= 0:
+            raise ValueError("--streaming needs --max_steps N (a stream has no length, so epochs cannot be counted).")
+        if data_args.skip_bad_audio:
+            raise ValueError("--skip_bad_audio checks every file before training, which a stream cannot do: drop"
+                             " --streaming to check them, or drop --skip_bad_audio (a bad file then stops the run"
+                             " with its row and the fix).")
+        if data_args.shuffle_buffer_size < 1:
+            raise ValueError(f"--shuffle_buffer_size must be >= 1, got {data_args.shuffle_buffer_size}.")
     model, processor = build_model(model_args)
     config = model.config
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -144,21 +161,30 @@ def run(argv: list[str] | None = None) -> dict:
 
     source = dict(dataset_name=data_args.dataset_name, dataset_dir=data_args.dataset_dir,
                   dataset_config_name=data_args.dataset_config_name, split_column=data_args.split_column,
-                  audio_column=data_args.audio_column, cache_dir=None)
+                  audio_column=data_args.audio_column, cache_dir=None, streaming=data_args.streaming)
     bad_audio = BadAudioReport()
 
-    def load(split: str, max_samples: int | None = None):
+    def load(split: str, max_samples: int | None = None, for_training: bool = False):
         # The index column numbers rows as loaded, so messages and the bad-audio report name the same row numbers.
         dataset = add_index_column(load_audio_dataset(split=split, max_samples=max_samples, **source))
         if data_args.skip_bad_audio:
             dataset = drop_bad_audio(dataset, data_args.audio_column, split, bad_audio,
                                      data_args.preprocessing_num_workers)
+        if data_args.streaming and for_training:
+            # Trainer does not shuffle a stream; set_epoch (called by Trainer) reseeds the buffer every epoch.
+            dataset = dataset.shuffle(seed=training_args.seed, buffer_size=data_args.shuffle_buffer_size)
+        elif data_args.streaming:
+            dataset = materialize(dataset, f"Reading split {split!r}")
         return dataset
 
     train_dataset = eval_dataset = test_dataset = None
     if training_args.do_train:
-        train_dataset = load(data_args.train_split, data_args.max_train_samples)
-        logger.info(f"Training on {len(train_dataset):,} clips ({_hours(train_dataset):.2f} h where known)")
+        train_dataset = load(data_args.train_split, data_args.max_train_samples, for_training=True)
+        if data_args.streaming:
+            logger.info(f"Training on a stream of split {data_args.train_split!r} for {training_args.max_steps:,}"
+                        f" steps (shuffle buffer {data_args.shuffle_buffer_size:,} rows)")
+        else:
+            logger.info(f"Training on {len(train_dataset):,} clips ({_hours(train_dataset):.2f} h where known)")
     if data_args.eval_split:
         eval_dataset = load(data_args.eval_split, data_args.max_eval_samples)
         logger.info(f"Evaluating on {len(eval_dataset):,} clips ({_hours(eval_dataset):.2f} h where known)")
@@ -188,7 +214,8 @@ def run(argv: list[str] | None = None) -> dict:
         callbacks=[EpochSetterCallback(train_collator)],
         model_card_info={
             "data": data_args.dataset_name or data_args.dataset_dir,
-            "train split": f"{data_args.train_split} ({len(train_dataset) if train_dataset else 0} clips)",
+            "train split": (f"{data_args.train_split} (streamed)" if data_args.streaming and train_dataset is not None
+                            else f"{data_args.train_split} ({len(train_dataset) if train_dataset else 0} clips)"),
             "command": f"`{command}`",
             "num_parameters": total,
             **({"bad audio": bad_audio.summary()} if data_args.skip_bad_audio else {}),
