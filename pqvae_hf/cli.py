@@ -4,6 +4,7 @@
     pqvae tokenize AUDIO [--model M] [--out codes.npy|codes.json]
     pqvae reconstruct AUDIO -o out.wav [--model M] [--plot cmp.png] [--compare-griffin-lim]
     pqvae tokenize-dataset --dataset_dir DIR [--split test --split_column split] --output_dir tokens/
+    pqvae tokenize-dataset --dataset_name ORG/NAME --split train --streaming --output_dir tokens/
     pqvae demo [--out-dir outputs/demo]
 
 MODEL defaults to the checkpoint shipped in checkpoints/pqvae-speech-small (or $PQVAE_MODEL).
@@ -213,7 +214,7 @@ def cmd_tokenize_dataset(args) -> dict:
     report = args.bad_audio_report or (os.path.join(output_dir, "bad_audio.json") if output_dir else "bad_audio.json")
     dataset = load_audio_dataset(dataset_name=args.dataset_name, dataset_dir=args.dataset_dir, split=args.split,
                                  split_column=args.split_column, audio_column=args.audio_column,
-                                 max_samples=args.max_samples)
+                                 max_samples=args.max_samples, streaming=args.streaming)
     dataset = shard_for_this_process(dataset, args.shard_index, args.num_shards)
     tokens, summary = tokenize_dataset(
         dataset, args.model or default_model_path(), audio_column=args.audio_column, batch_size=args.batch_size,
@@ -274,6 +275,10 @@ def build_parser() -> argparse.ArgumentParser:
     corpus.add_argument("--split_column", default=None, help="select rows by this column's value (e.g. split)")
     corpus.add_argument("--audio_column", default="audio")
     corpus.add_argument("--max_samples", type=int, default=None)
+    corpus.add_argument("--streaming", action="store_true",
+                        help="read the audio as a stream (datasets' streaming=True: a Hub dataset's audio is never\n"
+                             "downloaded whole); only the tokens are written locally. Not with --num_proc > 1 or\n"
+                             "--skip_bad_audio")
     corpus.add_argument("--model", default=None)
     corpus.add_argument("--output_dir", default=None, help="save_to_disk folder for the token dataset")
     corpus.add_argument("--push_to_hub", default=None, metavar="REPO_ID", help="push the token dataset to the Hub"

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from . import PQVAEModel
-from .data import AudioDecodeNotes, BadAudioReport, decode_audio, drop_bad_audio, pad_batch
+from .data import AudioDecodeNotes, BadAudioReport, decode_audio, drop_bad_audio, materialize, pad_batch
 from .modeling.quantization_pqvae import codes_to_composite
 from .inference import encode_long
 
@@ -169,18 +169,19 @@ def tokenize_dataset(dataset, model_or_path, audio_column: str = "audio", batch_
     logged, listed in `bad_audio_report` when given). `return_summary=True` returns `(dataset, summary dict)`.
 
     A stream (`datasets.IterableDataset`, e.g. `load_dataset(..., streaming=True)`) is tokenized lazily: the result is
-    a stream whose rows are encoded as they are read, in one process, so `num_proc`, `skip_bad_audio` and the summary
-    (totals over the whole dataset) are refused for it.
+    a stream whose rows are encoded as they are read, in one process (`num_proc` and `skip_bad_audio`, which need the
+    whole dataset, are refused). With `return_summary=True` the stream is read to its end instead and its tokens (not
+    its audio) are written to a local Arrow file: the result is then a `datasets.Dataset` and the summary has totals.
     """
     from datasets import Audio, IterableDataset
 
     streamed = isinstance(dataset, IterableDataset)
     if streamed:
-        refused = [name for name, given in (("num_proc > 1", (num_proc or 1) > 1), ("skip_bad_audio", skip_bad_audio),
-                                            ("return_summary", return_summary)) if given]
+        refused = [name for name, given in (("num_proc > 1", (num_proc or 1) > 1), ("skip_bad_audio", skip_bad_audio))
+                   if given]
         if refused:
-            raise ValueError(f"{', '.join(refused)} need(s) the whole dataset, which a stream (IterableDataset) is"
-                             f" not: drop them, or load the dataset without streaming=True.")
+            raise ValueError(f"{' and '.join(refused)} need(s) the whole dataset up front, which a stream"
+                             f" (IterableDataset) is not: drop them, or load the dataset without streaming=True.")
     columns = dataset.column_names
     if columns is None:  # a stream whose features are unknown: its first row names them
         columns = list(next(iter(dataset.take(1)), {}))
@@ -208,22 +209,24 @@ def tokenize_dataset(dataset, model_or_path, audio_column: str = "audio", batch_
     threads = 1 if (num_proc or 1) > 1 and device == "cpu" else None
     function = DatasetTokenizer(_materialize(model_or_path), audio_column, device, chunk_seconds, lm_token_offset,
                                 add_boundary_tokens, torch_threads=threads, split=split, column_prefix=column_prefix)
-    if streamed:
-        if log_summary:
-            logger.info("Tokenizing a stream: rows are encoded as they are read (no totals up front).")
-        return dataset.map(function, batched=True, batch_size=batch_size, with_indices=True,
-                           remove_columns=[audio_column] if remove_audio else None
-                           ).remove_columns([RESAMPLED_COLUMN, DOWNMIXED_COLUMN])
     start = time.time()
-    tokenized = dataset.map(
-        function, batched=True, batch_size=batch_size, num_proc=num_proc, with_indices=True, with_rank=True,
-        remove_columns=[audio_column] if remove_audio else None, load_from_cache_file=load_from_cache_file,
-        desc="Tokenizing audio",
-    )
+    if streamed:
+        tokenized = dataset.map(function, batched=True, batch_size=batch_size, with_indices=True,
+                                remove_columns=[audio_column] if remove_audio else None)
+        if not return_summary:
+            return tokenized.remove_columns([RESAMPLED_COLUMN, DOWNMIXED_COLUMN])
+        tokenized = materialize(tokenized, "Tokenizing a stream")
+        cache_hit = False
+    else:
+        tokenized = dataset.map(
+            function, batched=True, batch_size=batch_size, num_proc=num_proc, with_indices=True, with_rank=True,
+            remove_columns=[audio_column] if remove_audio else None, load_from_cache_file=load_from_cache_file,
+            desc="Tokenizing audio",
+        )
+        # A cache hit encodes nothing: its cache files are older than this call.
+        cache_hit = bool(tokenized.cache_files) and all(
+            os.path.getmtime(f["filename"]) < start for f in tokenized.cache_files if os.path.exists(f["filename"]))
     wall = time.time() - start
-    # A cache hit encodes nothing: its cache files are older than this call.
-    cache_hit = bool(tokenized.cache_files) and all(
-        os.path.getmtime(f["filename"]) < start for f in tokenized.cache_files if os.path.exists(f["filename"]))
     notes = AudioDecodeNotes()
     notes.resampled.update(rate for rate in tokenized[RESAMPLED_COLUMN] if rate)
     notes.downmixed = int(np.sum(tokenized[DOWNMIXED_COLUMN])) if len(tokenized) else 0
@@ -252,9 +255,15 @@ def tokenize_dataset(dataset, model_or_path, audio_column: str = "audio", batch_
 
 def shard_for_this_process(dataset, rank: int | None = None, world_size: int | None = None):
     """The contiguous shard of `dataset` for this rank (defaults from torchrun/accelerate's RANK/WORLD_SIZE).
-    Concatenating the shards' outputs in rank order reproduces the single-process result exactly."""
+    Concatenating the shards' outputs in rank order reproduces the single-process result exactly. A stream
+    (`datasets.IterableDataset`) is split by `datasets.distributed.split_dataset_by_node` instead: whole source files
+    per rank where they divide evenly, else every `world_size`-th row."""
     rank = int(os.environ.get("RANK", 0)) if rank is None else rank
     world_size = int(os.environ.get("WORLD_SIZE", 1)) if world_size is None else world_size
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is outside world size {world_size}.")
+    if not hasattr(dataset, "__len__"):
+        from datasets.distributed import split_dataset_by_node
+
+        return split_dataset_by_node(dataset, rank=rank, world_size=world_size)
     return dataset.shard(num_shards=world_size, index=rank, contiguous=True)

@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 import torch
 from conftest import TINY, TINY_OVERRIDES
-from datasets import Audio, Dataset, IterableDataset
+from datasets import Audio, Dataset, IterableDataset, load_from_disk
 from safetensors.torch import load_file
 
 from pqvae_hf import PQVAEConfig, PQVAEModel
+from pqvae_hf.cli import run as cli_run
 from pqvae_hf.data import load_audio_dataset
 from pqvae_hf.dataset_tokenization import tokenize_dataset
 from pqvae_hf.train import run
@@ -98,7 +99,7 @@ def test_streaming_refuses_what_a_stream_cannot_do(hub_folder, tmp_path):
         _train(hub_folder, tmp_path / "c", "--do_train", "--max_steps", "2", "--shuffle_buffer_size", "0")
 
 
-def test_tokenize_dataset_tokenizes_a_stream_lazily_with_the_same_tokens(hub_folder, tmp_path):
+def test_a_stream_tokenizes_lazily_or_to_disk_with_the_same_tokens(hub_folder, tmp_path):
     torch.manual_seed(0)
     PQVAEModel(PQVAEConfig(**TINY)).eval().save_pretrained(tmp_path / "model")
     stream = load_audio_dataset(dataset_name=str(hub_folder), split="test", streaming=True)
@@ -113,5 +114,13 @@ def test_tokenize_dataset_tokenizes_a_stream_lazily_with_the_same_tokens(hub_fol
                                              "pqvae_num_frames", "pqvae_duration_s"}
         assert row["pqvae_audio_codes"] == expected["pqvae_audio_codes"]
         assert row["pqvae_num_frames"] == expected["pqvae_num_frames"] > 0
-    with pytest.raises(ValueError, match=r"num_proc > 1, return_summary need\(s\) the whole dataset"):
-        tokenize_dataset(stream, str(tmp_path / "model"), num_proc=2, return_summary=True)
+    with pytest.raises(ValueError, match=r"num_proc > 1 and skip_bad_audio need\(s\) the whole dataset up front"):
+        tokenize_dataset(stream, str(tmp_path / "model"), num_proc=2, skip_bad_audio=True)
+    # The CLI reads the audio as a stream and writes only the tokens, with the same totals as a loaded run.
+    summary = cli_run(["tokenize-dataset", "--dataset_name", str(hub_folder), "--split", "test", "--streaming",
+                       "--model", str(tmp_path / "model"), "--output_dir", str(tmp_path / "tokens"),
+                       "--column_prefix", "pqvae_"])
+    saved = load_from_disk(str(tmp_path / "tokens"))
+    assert saved["pqvae_audio_codes"] == loaded["pqvae_audio_codes"]
+    assert summary["files"] == 6 and summary["tokens"] == sum(loaded["pqvae_num_frames"]) > 0
+    assert summary["audio_seconds_per_second"] > 0 and summary["cache_hit"] is False
