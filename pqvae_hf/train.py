@@ -161,19 +161,23 @@ def run(argv: list[str] | None = None) -> dict:
 
     source = dict(dataset_name=data_args.dataset_name, dataset_dir=data_args.dataset_dir,
                   dataset_config_name=data_args.dataset_config_name, split_column=data_args.split_column,
-                  audio_column=data_args.audio_column, cache_dir=None, streaming=data_args.streaming)
+                  audio_column=data_args.audio_column, cache_dir=None)
     bad_audio = BadAudioReport()
 
     def load(split: str, max_samples: int | None = None, for_training: bool = False):
+        # With --streaming the training split is streamed; so are a Hub dataset's evaluation splits (loading them
+        # would download every split's files, the training split's too), then read into a local Arrow file.
+        streamed = data_args.streaming and (for_training or data_args.dataset_name is not None)
         # The index column numbers rows as loaded, so messages and the bad-audio report name the same row numbers.
-        dataset = add_index_column(load_audio_dataset(split=split, max_samples=max_samples, **source))
+        dataset = add_index_column(load_audio_dataset(split=split, max_samples=max_samples, streaming=streamed,
+                                                      **source))
         if data_args.skip_bad_audio:
             dataset = drop_bad_audio(dataset, data_args.audio_column, split, bad_audio,
                                      data_args.preprocessing_num_workers)
-        if data_args.streaming and for_training:
+        if streamed and for_training:
             # Trainer does not shuffle a stream; set_epoch (called by Trainer) reseeds the buffer every epoch.
             dataset = dataset.shuffle(seed=training_args.seed, buffer_size=data_args.shuffle_buffer_size)
-        elif data_args.streaming:
+        elif streamed:
             dataset = materialize(dataset, f"Reading split {split!r}")
         return dataset
 

@@ -124,3 +124,10 @@ def test_a_stream_tokenizes_lazily_or_to_disk_with_the_same_tokens(hub_folder, t
     assert saved["pqvae_audio_codes"] == loaded["pqvae_audio_codes"]
     assert summary["files"] == 6 and summary["tokens"] == sum(loaded["pqvae_num_frames"]) > 0
     assert summary["audio_seconds_per_second"] > 0 and summary["cache_hit"] is False
+
+
+def test_a_local_audiofolder_streams_too(audiofolder, tmp_path):
+    results = run(["--dataset_dir", str(audiofolder), "--split_column", "split", "--output_dir", str(tmp_path / "run"),
+                   "--streaming", "true", "--do_train", "--do_eval", "--max_steps", "3", *COMMON])
+    assert json.loads((tmp_path / "run" / "trainer_state.json").read_text())["global_step"] == 3
+    assert results["eval_frames"] > 100 and np.isfinite(results["eval_mel_l1"])
