@@ -104,13 +104,13 @@ CANDIDATES = {
     "cand_tok24i_vi": "tokenizer 3i (3h continued 4,500 s at peak learning rate 4e-4, scripts/tokenizer_stage_3i.sh)"
                       " + vocoder 4i, decoded_mel_contrast=1.1",
     "cand_tok24i_vj": "tokenizer 3i + vocoder 4j (4i fine-tuned 900 s on 3i's decoded mels), decoded_mel_contrast=1.1:"
-                      " shipped at stop 28",
+                      " shipped at git e732ace (stop 28, replaced by 3j + 4k the same stop)",
     "cand_tok24j_vj": "tokenizer 3j (3i continued 4,500 s at peak learning rate 4e-4, scripts/tokenizer_stage_next.sh)"
                       " + vocoder 4j, decoded_mel_contrast=1.1",
-    "cand_tok24j_vk": "tokenizer 3j + vocoder 4k (4j fine-tuned 900 s on 3j's decoded mels), decoded_mel_contrast=1.1",
+    "cand_tok24j_vk": "tokenizer 3j + vocoder 4k (4j fine-tuned 900 s on 3j's decoded mels), decoded_mel_contrast=1.1:"
+                      " shipped at stop 28",
     "cand_tok24j_lr8e4_vj": "tokenizer 3j at peak learning rate 8e-4 instead of 4e-4 (LEARNING_RATE=8e-4"
                             " scripts/tokenizer_stage_next.sh) + vocoder 4j, decoded_mel_contrast=1.1",
-    "cand_tok24j_lr8e4_vk": "the same + vocoder 4k' (4j fine-tuned 900 s on its decoded mels), decoded_mel_contrast=1.1",
     "cand_refine8_prior_24h_b_k32": "cand_refine8_prior_24h's vocoder continued 1,500 s on 90 % token mels, run with 32"
                                     " projections",
 }
