@@ -377,13 +377,13 @@ def load_audio_dataset(dataset_name: str | None = None, dataset_dir: str | None 
     streamed (`load_dataset(..., streaming=True)`: nothing is downloaded up front, only the rows read); a local
     folder is loaded as usual and iterated in shards. `max_samples` takes the first N rows of the stream.
     """
+    if (dataset_name is None) == (dataset_dir is None):
+        raise ValueError("Give exactly one of dataset_name (Hub id) and dataset_dir (local folder).")
     if streaming and dataset_name is not None:
         return _streamed_audio_dataset(dataset_name, dataset_config_name, split, split_column, audio_column,
                                        max_samples, cache_dir)
     from datasets import Audio, DatasetDict, load_dataset, load_from_disk
 
-    if (dataset_name is None) == (dataset_dir is None):
-        raise ValueError("Give exactly one of dataset_name (Hub id) and dataset_dir (local folder).")
     if dataset_dir is not None:
         if not os.path.isdir(dataset_dir):
             raise ValueError(f"dataset_dir {dataset_dir} is not a directory.")
@@ -451,7 +451,7 @@ def _streamed_audio_dataset(dataset_name: str, dataset_config_name: str | None, 
 
 def materialize(stream, description: str = "Reading"):
     """A streamed split (`datasets.IterableDataset`) read into a `datasets.Dataset`, for evaluation, which sorts clips
-    by length and so needs them all; memory stays bounded (rows go to an Arrow file in the datasets cache)."""
+    by length and so needs them all; memory stays bounded (rows go to an Arrow file in a fresh temporary folder)."""
     import tempfile
 
     from datasets import Dataset
