@@ -126,7 +126,8 @@ tokenizer24 tok_real_finetune24i tok_real_finetune24h 4500 4e-4
 vocoder24 voc_tok24i_finetune tok_real_finetune24i voc_tok24h_finetune 900
 # 3j. Once more from 3i, 4,500 s at 4e-4; 4k. 4j on 3j's decoded mels (scripts/tokenizer_stage_next.sh j ...: on
 # validation 3j + 4k beat 3i + 4j by +0.001 STOI, +0.007 PESQ-WB, -0.02 dB paired). As run at stop 28, into
-# runs/cpu/tok_lr4e4_24j (the recipe's name below is a link to it) and voc_tok24j_finetune.
+# runs/cpu/tok_lr4e4_24j (the recipe's name below is a link to it) and voc_tok24j_finetune (4k given
+# decoded_mel_contrast=1.0, as 4h-4j).
 tokenizer24 tok_real_finetune24j tok_real_finetune24i 4500 4e-4
 vocoder24 voc_tok24j_finetune tok_real_finetune24j voc_tok24i_finetune 900
 
@@ -134,7 +135,8 @@ vocoder24 voc_tok24j_finetune tok_real_finetune24j voc_tok24i_finetune 900
 #    cached scores are committed), then write the model card with that section.
 LOGS="--training_logs runs/gpu/stage1/summary.json"
 for run in tok_real_finetune tok_real_finetune24 tok_real_finetune24b tok_real_finetune24c tok_real_finetune24d \
-  tok_real_finetune24e tok_real_finetune24g tok_real_finetune24h tok_real_finetune24i tok_real_finetune24j voc_shipped_tok_finetune voc_new_tok_finetune \
+  tok_real_finetune24e tok_real_finetune24g tok_real_finetune24h tok_real_finetune24i tok_real_finetune24j \
+  voc_shipped_tok_finetune voc_new_tok_finetune \
   voc_tok24_finetune voc_tok24b_finetune voc_tok24c_finetune voc_tok24d_finetune voc_tok24e_finetune \
   voc_tok24g_finetune voc_tok24h_finetune voc_tok24i_finetune voc_tok24j_finetune; do
   LOGS="$LOGS --training_logs runs/cpu/$run/log.json"
