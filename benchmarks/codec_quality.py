@@ -210,7 +210,7 @@ def _model_runner(models: _ModelCache, folder: str, source: str, vocoder: str, c
         else:
             mel = model.front_end(torch.from_numpy(np.ascontiguousarray(model_audio))[None])[0]
         if vocoder == "neural":
-            waveform = vocode_long(model, mel, chunk_frames=chunk_frames)
+            waveform = vocode_long(model, mel, chunk_frames=chunk_frames, true_mel=source == "true_mel")
         else:
             waveform = griffin_lim(mel[None])[0]
         waveform = waveform.numpy().astype(np.float32)
@@ -242,7 +242,12 @@ def checkpoint_systems(folder: str, models: _ModelCache, chunk_seconds: float,
                 name = f"PQ-VAE {label}: tokens -> {vocoder_names[vocoder]}"
                 family, nominal = "pqvae", float(config.bits_per_second)
             else:
-                name = f"ceiling {label}: true mel -> {vocoder_names[vocoder]}"
+                # A checkpoint with a mel vocoder renders true mels with it (`PQVAEModel.vocode_mel`).
+                mel_vocoder = vocoder == "neural" and config.mel_vocoder == "neural"
+                if mel_vocoder:
+                    settings["neural_vocoder_module"] = "mel_vocoder"
+                    settings["mel_vocoder_phase_refinement_iters"] = config.mel_vocoder_phase_refinement_iters
+                name = f"ceiling {label}: true mel -> {'neural mel vocoder' if mel_vocoder else vocoder_names[vocoder]}"
                 family, nominal = "ceiling", None
             systems.append(System(
                 name, family, settings, nominal,

@@ -13,7 +13,9 @@ general: where two codewords are nearly equidistant the float differences of the
 other one. `--dataset_dir ... --clips 40` measures it on real clips (fraction of identical codes, and how near a tie
 each differing code is). Griffin-Lim is iterative and not exported: models with vocoder="griffin_lim" get a decoder
 that returns the log-mel only. A neural vocoder's fixed number of refinement projections
-(`vocoder_phase_refinement_iters`) is unrolled into the graph.
+(`vocoder_phase_refinement_iters`) is unrolled into the graph. A model with a mel vocoder (`config.mel_vocoder`) also
+gets `mel_vocoder.onnx`: input `log_mel` (B, n_mels, F), the front-end's log-mel of real audio; output
+`audio_values` (B, (F - 1) * hop), as `model.vocode_mel(log_mel)`.
 
 Lengths: `audio_values` has (F - 1) * hop samples, as `model.decode(codes)` without a padding mask. With the
 `padding_mask` of an input of L samples (F = L // hop + 1), PyTorch pads to exactly L samples, i.e. appends
@@ -121,25 +123,36 @@ class OnnxEncoder(nn.Module):
         return self.model.quantizer.encode(latents)
 
 
+class ConvVocoder(nn.Module):
+    """A neural vocoder with its inverse STFT (and the forward STFT of its phase refinement,
+    `vocoder_phase_refinement_iters`, unrolled with the same projections) as convolutions: log-mel (B, n_mels, F) ->
+    audio (B, (F - 1) * hop)."""
+
+    def __init__(self, vocoder):
+        super().__init__()
+        self.vocoder = vocoder
+        self.istft = ConvISTFT(vocoder.n_fft, vocoder.hop_length, vocoder.window)
+        self.stft = ConvSTFT(vocoder.n_fft, vocoder.hop_length, vocoder.window)
+
+    def forward(self, log_mel: torch.Tensor) -> torch.Tensor:
+        magnitude, phase = self.vocoder.magnitude_and_phase(log_mel)
+        return self.istft(*self.vocoder.output_spectrogram(magnitude, phase, self.istft, self.stft))
+
+
 class OnnxDecoder(nn.Module):
     def __init__(self, model):
         super().__init__()
         self.model = model
-        vocoder = model.vocoder if model.config.vocoder == "neural" else None
-        self.istft = ConvISTFT(vocoder.n_fft, vocoder.hop_length, vocoder.window) if vocoder is not None else None
-        # The vocoder's phase refinement (vocoder_phase_refinement_iters), unrolled with the same projections.
-        self.stft = ConvSTFT(vocoder.n_fft, vocoder.hop_length, vocoder.window) if vocoder is not None else None
+        self.vocoder = ConvVocoder(model.vocoder) if model.config.vocoder == "neural" else None
 
     def forward(self, audio_codes: torch.Tensor):
         latents = self.model.quantizer.decode(audio_codes)
         frame_mask = torch.ones(audio_codes.shape[0], audio_codes.shape[-1], dtype=torch.long,
                                 device=audio_codes.device)
         mel = self.model._decode_latents(latents, frame_mask)
-        if self.istft is None:
+        if self.vocoder is None:
             return (mel,)
-        vocoder = self.model.vocoder
-        magnitude, phase = vocoder.magnitude_and_phase(self.model.postfilter_mel(mel, frame_mask))
-        return mel, self.istft(*vocoder.output_spectrogram(magnitude, phase, self.istft, self.stft))
+        return mel, self.vocoder(self.model.postfilter_mel(mel, frame_mask))
 
 
 def export(model, output: str, opset: int = 17) -> dict:
@@ -162,7 +175,15 @@ def export(model, output: str, opset: int = 17) -> dict:
                           opset_version=opset, dynamo=False,
                           dynamic_axes={"audio_codes": {0: "batch", 2: "frames"}, "mel": {0: "batch", 2: "frames"},
                                         **({"audio_values": {0: "batch", 1: "samples"}} if len(outputs) > 1 else {})})
-    return {"encoder": encoder_path, "decoder": decoder_path}
+        paths = {"encoder": encoder_path, "decoder": decoder_path}
+        if model.mel_vocoder is not None:  # the true-mel vocoder (`PQVAEModel.vocode_mel`): log_mel -> audio_values
+            paths["mel_vocoder"] = os.path.join(output, "mel_vocoder.onnx")
+            log_mel = torch.full((2, config.num_mel_bins, 40), -4.0)
+            torch.onnx.export(ConvVocoder(model.mel_vocoder).eval(), (log_mel,), paths["mel_vocoder"],
+                              input_names=["log_mel"], output_names=["audio_values"], opset_version=opset,
+                              dynamo=False, dynamic_axes={"log_mel": {0: "batch", 2: "frames"},
+                                                          "audio_values": {0: "batch", 1: "samples"}})
+    return paths
 
 
 def verify(model, paths: dict, seconds: float = 3.0, seed: int = 0) -> dict:
@@ -192,6 +213,13 @@ def verify(model, paths: dict, seconds: float = 3.0, seed: int = 0) -> dict:
     }
     if len(onnx_outputs) > 1 and decoded.audio_values is not None:
         result["max_audio_difference"] = float(np.abs(onnx_outputs[1] - decoded.audio_values[:, 0].numpy()).max())
+    if "mel_vocoder" in paths:
+        log_mel = model.front_end(values[:1, 0])
+        with torch.no_grad():
+            expected = model.vocode_mel(log_mel).numpy()
+        mel_vocoder = ort.InferenceSession(paths["mel_vocoder"], options, providers=["CPUExecutionProvider"])
+        rendered = mel_vocoder.run(None, {"log_mel": log_mel.numpy()})[0]
+        result["max_mel_vocoder_audio_difference"] = float(np.abs(rendered - expected).max())
     return result
 
 
@@ -257,7 +285,8 @@ def main(argv: list[str] | None = None) -> dict:
     result["seconds"] = round(time.time() - start, 1)
     print(json.dumps(result, indent=2))
     if not result["codes_identical"] or result["max_mel_difference"] > MEL_TOLERANCE or \
-            result.get("max_audio_difference", 0.0) > AUDIO_TOLERANCE:
+            result.get("max_audio_difference", 0.0) > AUDIO_TOLERANCE or \
+            result.get("max_mel_vocoder_audio_difference", 0.0) > AUDIO_TOLERANCE:
         raise SystemExit(f"ONNX verification outside tolerance (mel {MEL_TOLERANCE}, audio {AUDIO_TOLERANCE}).")
     return result
 

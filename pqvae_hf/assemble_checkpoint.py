@@ -22,28 +22,51 @@ from .model_card import write_model_card
 from .packed_training import load_tokenizer, load_vocoder_weights, parse_overrides
 
 
-def assemble(tokenizer_dir: str, vocoder: str, output: str, vocoder_overrides: dict | None = None) -> PQVAEModel:
+def _vocoder_fields(vocoder: str) -> dict:
+    """The `vocoder_*` config fields a vocoder was trained with, from its run folder's config.json ({} for a file or
+    a folder without one). They say how its weights are read: the weights of a vocoder with a magnitude prior have
+    the same shapes as without, so a wrong prior would load silently and sound wrong."""
+    if os.path.isdir(vocoder) and os.path.isfile(os.path.join(vocoder, "config.json")):
+        with open(os.path.join(vocoder, "config.json")) as handle:
+            return {k: v for k, v in json.load(handle).items() if k.startswith("vocoder_")}
+    return {}
+
+
+def assemble(tokenizer_dir: str, vocoder: str, output: str, vocoder_overrides: dict | None = None,
+             mel_vocoder: str | None = None, mel_vocoder_overrides: dict | None = None) -> PQVAEModel:
     """Tokenizer folder (`pqvae-train` or `pqvae_hf.packed_training` output) + vocoder weights (anything
     `load_vocoder_weights` reads: a `packed_training vocoder` output folder, a `PQVAEVocoder` `.safetensors`, or a
     checkpoint whose vocoder is taken) -> one model saved in `output`.
     `vocoder_overrides`: the vocoder's fields (size, magnitude prior) when they differ from the tokenizer config's,
     and decode-time settings such as `decoded_mel_contrast`; a vocoder folder's own config.json supplies its
-    `vocoder_*` fields first."""
+    `vocoder_*` fields first.
+    `mel_vocoder`: weights of a second vocoder (read the same way, the same size as `vocoder`) for mels computed from
+    audio (`PQVAEConfig.mel_vocoder`); its folder's magnitude prior and phase refinement become the config's
+    `mel_vocoder_*` fields, then `mel_vocoder_overrides` (e.g. `{"mel_vocoder_phase_refinement_iters": 32}`)."""
     tokenizer = load_tokenizer(tokenizer_dir)
-    # A vocoder folder's own config says how its weights are read (size, magnitude prior): the weights of a vocoder
-    # with a magnitude prior have the same shapes as without, so a wrong prior would load silently and sound wrong.
-    trained_with = {}
-    if os.path.isdir(vocoder) and os.path.isfile(os.path.join(vocoder, "config.json")):
-        with open(os.path.join(vocoder, "config.json")) as handle:
-            trained_with = {k: v for k, v in json.load(handle).items() if k.startswith("vocoder_")}
-    config = PQVAEConfig.from_dict({**tokenizer.config.to_dict(), **trained_with, **(vocoder_overrides or {}),
-                                    "vocoder": "neural"})
+    fields = {**tokenizer.config.to_dict(), **_vocoder_fields(vocoder), **(vocoder_overrides or {}), "vocoder": "neural"}
+    if mel_vocoder is not None:
+        mel_fields = _vocoder_fields(mel_vocoder)
+        for size in ("vocoder_hidden_size", "vocoder_intermediate_size", "vocoder_num_layers"):
+            if size in mel_fields and mel_fields[size] != fields[size]:
+                raise ValueError(f"--mel_vocoder {mel_vocoder} has {size}={mel_fields[size]}, the vocoder"
+                                 f" {fields[size]}: the two vocoders must have the same size.")
+        fields.update({f"mel_{key}": mel_fields[key] for key in
+                       ("vocoder_magnitude_prior", "vocoder_phase_refinement_iters") if key in mel_fields})
+        fields.update({**(mel_vocoder_overrides or {}), "mel_vocoder": "neural"})
+    elif mel_vocoder_overrides:
+        raise ValueError("mel_vocoder_overrides without a mel_vocoder: name the mel vocoder's weights too.")
+    else:  # (a tokenizer taken from a checkpoint that had one keeps no untrained mel vocoder)
+        fields["mel_vocoder"] = "none"
+    config = PQVAEConfig.from_dict(fields)
     model = PQVAEModel(config)
-    state = {k: v for k, v in tokenizer.state_dict().items() if not k.startswith("vocoder.")}
+    state = {k: v for k, v in tokenizer.state_dict().items() if not k.startswith(("vocoder.", "mel_vocoder."))}
     missing, unexpected = model.load_state_dict(state, strict=False)
-    if unexpected or any(not key.startswith("vocoder.") for key in missing):
+    if unexpected or any(not key.startswith(("vocoder.", "mel_vocoder.")) for key in missing):
         raise ValueError(f"Tokenizer weights do not fit: missing {missing}, unexpected {unexpected}.")
     model.vocoder.load_state_dict(load_vocoder_weights(vocoder), strict=True)
+    if mel_vocoder is not None:
+        model.mel_vocoder.load_state_dict(load_vocoder_weights(mel_vocoder), strict=True)
     model.eval()
     os.makedirs(output, exist_ok=True)
     model.save_pretrained(output)
@@ -114,6 +137,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--decoded_mel_contrast", type=float, default=None,
                         help="the decoded mel's post-filter factor (config.decoded_mel_contrast), tuned on validation"
                              " by scripts/mel_postfilter_sweep.sh; default: the tokenizer config's")
+    parser.add_argument("--mel_vocoder", default=None,
+                        help="a second vocoder for mels computed from audio (config.mel_vocoder), read like --vocoder:"
+                             " e.g. scripts/true_mel_vocoder.sh's runs/cpu/voc_true_mel_refine8_prior")
+    parser.add_argument("--mel_vocoder_phase_refinement_iters", type=int, default=None,
+                        help="Griffin-Lim projections of the mel vocoder at inference (default: as it was trained)")
     parser.add_argument("--vocoder_metrics", default=None, help="vocoder_metrics.json from the vocoder run")
     parser.add_argument("--corpus_dir", required=True, help="speech corpus (for the test split and licences)")
     parser.add_argument("--output", required=True)
@@ -129,7 +157,9 @@ def main(argv: list[str] | None = None) -> None:
     overrides = parse_overrides(args.vocoder_config_overrides)
     if args.decoded_mel_contrast is not None:
         overrides["decoded_mel_contrast"] = args.decoded_mel_contrast
-    assemble(args.tokenizer, args.vocoder, args.output, overrides)
+    mel_overrides = ({"mel_vocoder_phase_refinement_iters": args.mel_vocoder_phase_refinement_iters}
+                     if args.mel_vocoder_phase_refinement_iters is not None else None)
+    assemble(args.tokenizer, args.vocoder, args.output, overrides, args.mel_vocoder, mel_overrides)
     evaluation = evaluate_main(["--model", args.output, "--dataset_dir", args.corpus_dir, "--split", "test",
                                 "--split_column", "split", "--waveform_clips", str(args.waveform_clips),
                                 "--output", os.path.join(args.output, "eval_results.json")])
@@ -160,8 +190,10 @@ def main(argv: list[str] | None = None) -> None:
                                     f" validation at the end: {json.dumps(_rounded(final))}")
     model = PQVAEModel.from_pretrained(args.output)
     parameters = {"tokenizer parameters": sum(p.numel() for n, p in model.named_parameters()
-                                              if not n.startswith("vocoder.")),
+                                              if not n.startswith(("vocoder.", "mel_vocoder."))),
                   "vocoder parameters": sum(p.numel() for p in model.vocoder.parameters())}
+    if model.mel_vocoder is not None:
+        parameters["mel vocoder parameters"] = sum(p.numel() for p in model.mel_vocoder.parameters())
     # The weights are trained on GPL / CC-BY-SA recordings: not simply Apache-2.0 (see "Data and licences").
     sections = _card_sections(evaluation, vocoder_metrics, licenses, notes)
     if args.codec_quality:

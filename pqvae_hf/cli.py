@@ -48,6 +48,9 @@ def cmd_info(args) -> dict:
         "vocoder": config.vocoder,
         "parameters": sum(p.numel() for p in model.parameters()),
         "parameters_vocoder": sum(p.numel() for p in model.vocoder.parameters()) if model.vocoder is not None else 0,
+        "mel_vocoder": config.mel_vocoder,
+        "parameters_mel_vocoder": (sum(p.numel() for p in model.mel_vocoder.parameters())
+                                   if model.mel_vocoder is not None else 0),
     }
     for key, value in info.items():
         print(f"{key:32s} {value:,}" if isinstance(value, int) else f"{key:32s} {value}")

@@ -117,19 +117,23 @@ def decode_long(model: PQVAEModel, codes: torch.Tensor, num_samples: int | None 
 
 
 @torch.no_grad()
-def vocode_long(model: PQVAEModel, mel: torch.Tensor, chunk_frames: int, progress: bool = False) -> torch.Tensor:
+def vocode_long(model: PQVAEModel, mel: torch.Tensor, chunk_frames: int, progress: bool = False,
+                true_mel: bool = False) -> torch.Tensor:
     """Log-mel (n_mels, F) -> waveform ((F - 1) * hop,). Chunks overlap by a context margin and are cut at frame
-    boundaries, far from the edges that a chunk's own padding affects."""
+    boundaries, far from the edges that a chunk's own padding affects. `true_mel=True`: a mel computed from audio,
+    rendered by `model.true_mel_vocoder` (the mel vocoder when the model has one); else a decoded mel, by
+    `model.vocoder`."""
+    vocoder = model.true_mel_vocoder if true_mel else model.vocoder
     hop = model.config.hop_length
     num_frames = mel.shape[-1]
     if num_frames < 2:  # (F - 1) * hop = 0 samples: nothing to vocode (Griffin-Lim's istft cannot take it)
         return torch.zeros(0)
     if num_frames <= chunk_frames:
-        return model.vocoder(mel[None].to(model.device))[0].cpu()
+        return vocoder(mel[None].to(model.device))[0].cpu()
     context = max(16, 2 * math.ceil(model.config.n_fft / hop))
     pieces = []
     for start, end in tqdm(list(_chunks(num_frames - 1, chunk_frames)), desc="Vocoding", disable=not progress):
         first, last = max(0, start - context), min(num_frames, end + 1 + context)
-        audio = model.vocoder(mel[None, :, first:last].to(model.device))[0].cpu()
+        audio = vocoder(mel[None, :, first:last].to(model.device))[0].cpu()
         pieces.append(audio[(start - first) * hop : (end - first) * hop])
     return torch.cat(pieces)

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import soxr
 import torch
 
 from pqvae_hf import PQVAEConfig
@@ -274,3 +275,32 @@ def test_checkpoint_systems_follow_the_requested_inputs_and_vocoders(tmp_path):
     assert [s.name for s in tokens_only] == ["PQ-VAE no_vocoder: tokens -> Griffin-Lim"]
     with pytest.raises(SystemExit, match="its vocoders: griffin_lim"):
         codec_quality.checkpoint_systems(str(folder), models, 30.0, vocoders=("neural",))
+
+
+def test_a_checkpoint_with_a_mel_vocoder_renders_true_mels_with_it(tmp_path):
+    """Tokens go through `vocoder`, true mels through `mel_vocoder`, and the system names say which."""
+    codec_quality = benchmark_module()
+    from conftest import TINY
+
+    from pqvae_hf import PQVAEModel
+
+    folder = tmp_path / "two_vocoders"
+    model = PQVAEModel(PQVAEConfig(**TINY, vocoder="neural", vocoder_hidden_size=16, vocoder_intermediate_size=32,
+                                   vocoder_num_layers=1, mel_vocoder="neural",
+                                   mel_vocoder_magnitude_prior="mel_pseudo_inverse")).eval()
+    model.save_pretrained(folder)
+    models = codec_quality._ModelCache()
+    systems = codec_quality.checkpoint_systems(str(folder), models, 30.0, vocoders=("neural",))
+    assert [s.name for s in systems] == ["PQ-VAE two_vocoders: tokens -> neural vocoder",
+                                         "ceiling two_vocoders: true mel -> neural mel vocoder"]
+    assert systems[1].settings["neural_vocoder_module"] == "mel_vocoder"
+    assert "neural_vocoder_module" not in systems[0].settings  # tokens: the cache key of any checkpoint as before
+    audio = np.random.default_rng(0).standard_normal(8000).astype(np.float32) * 0.1  # 0.5 s at 16 kHz
+    waveform, bits = systems[1].make_runner()(audio)
+    assert bits is None
+    with torch.no_grad():
+        narrowband = torch.from_numpy(soxr.resample(audio, 16000, 8000))[None]
+        expected = model.mel_vocoder(model.front_end(narrowband))[0].numpy()
+        other = model.vocoder(model.front_end(narrowband))[0].numpy()
+    expected = soxr.resample(expected, 8000, 16000)
+    assert np.abs(waveform - expected).max() < 1e-4 < np.abs(waveform - soxr.resample(other, 8000, 16000)).max()

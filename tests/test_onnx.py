@@ -74,6 +74,30 @@ def test_export_parity_with_the_vocoder_phase_refinement(tmp_path):
     assert np.abs(refined_onnx - unrefined).max() > 10 * AUDIO_TOLERANCE
 
 
+def test_the_mel_vocoder_exports_as_its_own_graph(tmp_path):
+    """A model with a mel vocoder (magnitude prior + 3 projections, correction rows non-zero) also gets
+    mel_vocoder.onnx, log_mel -> audio_values, matching `vocode_mel` on a real log-mel at another batch size and
+    length than at export time; the token decoder still renders with the token vocoder."""
+    torch.manual_seed(0)
+    model = warm_up(PQVAEModel(tiny_config(vocoder="neural", vocoder_hidden_size=32, vocoder_intermediate_size=64,
+                                           vocoder_num_layers=2, mel_vocoder="neural",
+                                           mel_vocoder_magnitude_prior="mel_pseudo_inverse",
+                                           mel_vocoder_phase_refinement_iters=3)))
+    with torch.no_grad():
+        model.mel_vocoder.proj_out.weight[: model.mel_vocoder.num_freq_bins].normal_(std=0.02)
+    paths = export(model, str(tmp_path))
+    result = verify(model, paths)
+    assert result["max_audio_difference"] < AUDIO_TOLERANCE
+    assert result["max_mel_vocoder_audio_difference"] < AUDIO_TOLERANCE
+    log_mel = model.front_end(torch.from_numpy(np.stack([chirp(1.1, 8000, 0), chirp(1.1, 8000, 4)])))
+    with torch.no_grad():
+        expected = model.vocode_mel(log_mel).numpy()
+    session = ort.InferenceSession(paths["mel_vocoder"], providers=["CPUExecutionProvider"])
+    rendered = session.run(None, {"log_mel": log_mel.numpy()})[0]
+    assert rendered.shape == expected.shape == (2, (log_mel.shape[-1] - 1) * 64)
+    assert np.abs(rendered - expected).max() < AUDIO_TOLERANCE < np.abs(expected).max()
+
+
 def test_code_agreement_on_clips_is_measured_with_tie_gaps(tmp_path):
     from pqvae_hf.conversion.export_onnx import measure_codes_agreement
 

@@ -307,6 +307,19 @@ def test_vocoder_with_magnitude_prior_from_a_plain_one_and_assembled(pack, tmp_p
     saved = json.loads((tmp_path / "tuned" / "config.json").read_text())
     assert saved["decoded_mel_contrast"] == 1.2 and saved["vocoder_magnitude_prior"] == "mel_pseudo_inverse"
     assert tuned.config.decoded_mel_contrast == 1.2
+    # The prior vocoder as the mel vocoder beside the plain one: each keeps its own fields and weights.
+    both = assemble(str(tmp_path / "tok"), str(tmp_path / "plain"), str(tmp_path / "both"), None,
+                    str(tmp_path / "prior"), {"mel_vocoder_phase_refinement_iters": 3})
+    saved = json.loads((tmp_path / "both" / "config.json").read_text())
+    assert (saved["vocoder_magnitude_prior"], saved["mel_vocoder"], saved["mel_vocoder_magnitude_prior"],
+            saved["mel_vocoder_phase_refinement_iters"]) == ("none", "neural", "mel_pseudo_inverse", 3)
+    for module, weights in ((both.vocoder, plain), (both.mel_vocoder, prior)):
+        torch.testing.assert_close(module.proj_out.weight, weights["vocoder.proj_out.weight"], atol=0, rtol=0)
+    # Reassembled without one, a checkpoint that had a mel vocoder as its tokenizer keeps no untrained one.
+    assert assemble(str(tmp_path / "both"), str(tmp_path / "plain"), str(tmp_path / "again")).mel_vocoder is None
+    with pytest.raises(ValueError, match="same size"):
+        assemble(str(tmp_path / "tok"), str(tmp_path / "plain"), str(tmp_path / "bad"), {"vocoder_hidden_size": 32},
+                 str(tmp_path / "prior"))
 
 
 def test_vocoder_learns_from_token_mels_post_filtered_by_its_own_config(pack, tmp_path, monkeypatch):

@@ -417,3 +417,67 @@ def test_phase_refinement_keeps_padded_examples_as_alone_and_passes_gradients():
 def test_config_rejects_negative_phase_refinement():
     with pytest.raises(ValueError, match="vocoder_phase_refinement_iters"):
         small_config(vocoder_phase_refinement_iters=-1)
+
+
+def _mel_vocoder_model(**kwargs):
+    from pqvae_hf.modeling.modeling_pqvae import PQVAEModel
+
+    fields = dict(vocoder="neural", mel_vocoder="neural", mel_vocoder_magnitude_prior="mel_pseudo_inverse",
+                  mel_vocoder_phase_refinement_iters=4, vocoder_hidden_size=32, vocoder_intermediate_size=64,
+                  vocoder_num_layers=2, num_encoder_layers=1, num_decoder_layers=1)
+    fields.update(kwargs)
+    return PQVAEModel(PQVAEConfig(**fields)).eval()
+
+
+def test_mel_vocoder_renders_true_mels_and_decode_keeps_the_token_vocoder(tmp_path):
+    from pqvae_hf.modeling.modeling_pqvae import PQVAEModel
+
+    model = _mel_vocoder_model()
+    # Its own settings, not the token vocoder's; a fresh one starts from the prior exactly.
+    assert (model.mel_vocoder.magnitude_prior, model.mel_vocoder.phase_refinement_iters) == ("mel_pseudo_inverse", 4)
+    assert (model.vocoder.magnitude_prior, model.vocoder.phase_refinement_iters) == ("none", 0)
+    assert model.mel_vocoder.proj_out.weight[: model.mel_vocoder.num_freq_bins].abs().sum() == 0
+    assert model.true_mel_vocoder is model.mel_vocoder
+    audio = sine_sweeps(4000, batch=2)
+    log_mel = model.front_end(audio)
+    with torch.no_grad():
+        rendered = model.vocode_mel(log_mel)
+        torch.testing.assert_close(rendered, model.mel_vocoder(log_mel))
+        assert float((rendered - model.vocoder(log_mel)).abs().max()) > 1e-3  # a different vocoder
+        codes = model.encode(audio[:, None]).audio_codes
+        decoded = model.decode(codes).audio_values[:, 0]
+        torch.testing.assert_close(decoded, model.vocoder(model.postfilter_mel(model.decode(codes).mel)))
+        # Padded true mels give what they give alone.
+        mask = torch.ones(2, log_mel.shape[-1], dtype=torch.long)
+        mask[1, 9:] = 0
+        padded = model.vocode_mel(log_mel, mask)
+        torch.testing.assert_close(padded[1, : 8 * model.config.hop_length],
+                                   model.vocode_mel(log_mel[1:, :, :9])[0], atol=1e-5, rtol=0)
+    # Both vocoders' weights survive save / load, and the parameter count grows by one vocoder.
+    with torch.no_grad():
+        model.mel_vocoder.proj_out.weight.normal_(std=0.01)
+    model.save_pretrained(tmp_path)
+    loaded = PQVAEModel.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.vocode_mel(log_mel), model.vocode_mel(log_mel), atol=1e-6, rtol=0)
+    count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
+    assert count(model.mel_vocoder) == count(model.vocoder)
+    assert count(model) == count(_mel_vocoder_model(mel_vocoder="none")) + count(model.vocoder)
+
+
+def test_without_mel_vocoder_true_mels_use_the_vocoder_and_bad_input_is_refused():
+    model = _mel_vocoder_model(mel_vocoder="none")
+    assert model.mel_vocoder is None and model.true_mel_vocoder is model.vocoder
+    log_mel = model.front_end(sine_sweeps(2000))
+    with torch.no_grad():
+        torch.testing.assert_close(model.vocode_mel(log_mel), model.vocoder(log_mel))
+    with pytest.raises(ValueError, match="num_mel_bins=80"):
+        model.vocode_mel(log_mel[:, :40])
+    with pytest.raises(ValueError, match="no vocoder"):
+        _mel_vocoder_model(mel_vocoder="none", vocoder="none").vocode_mel(log_mel)
+    with pytest.raises(ValueError, match="`mel_vocoder` must be one of"):
+        PQVAEConfig(mel_vocoder="griffin_lim")
+    with pytest.raises(ValueError, match="mel_vocoder_phase_refinement_iters"):
+        PQVAEConfig(mel_vocoder_phase_refinement_iters=-1)
+    with pytest.raises(ValueError, match="mel_vocoder_magnitude_prior"):
+        PQVAEConfig(mel_vocoder_magnitude_prior="mel")
