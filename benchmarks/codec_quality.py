@@ -513,19 +513,25 @@ def summarize(records: list[dict], clips: ClipSet) -> dict:
             entry["per_source"][source] = {m: _mean([record["scores"][m][i] for i in common[m]
                                                      if clips.sources[i] == source]) for m in METRICS}
         systems.append(entry)
-    # Paired differences, clip by clip over the same common clips: ours minus each Codec2 mode, and each later
-    # --checkpoint minus the first one through the same input and vocoder (how much a retrained checkpoint moved).
-    # The standard error of a difference of means from two separate standard errors overstates it when both systems
-    # find the same clips hard.
-    ours_records = [r for r in records if r["family"] == "pqvae"]
+    # Paired differences, clip by clip over the same common clips: ours (tokens) minus each Codec2 mode; each later
+    # --checkpoint minus the first one through the same input and vocoder (how much a retrained checkpoint moved);
+    # and each neural vocoder minus Griffin-Lim on the same checkpoint's same mel (tokens' or true: issue 11's vocoder
+    # target). The standard error of a difference of means from two separate standard errors overstates it when both
+    # systems find the same clips hard.
+    ours_records = [r for r in records if r["family"] in ("pqvae", "ceiling")]
     first_checkpoint = ours_records[0]["settings"]["checkpoint"] if ours_records else None
+
+    def route(record: dict, **changes) -> tuple:
+        settings = {**record["settings"], **changes}
+        return settings["checkpoint"], settings["input"], settings["vocoder"]
+
     paired = []
     for ours in ours_records:
-        baselines = [r for r in records if r["family"] == "codec2"]
+        baselines = [r for r in records if r["family"] == "codec2"] if ours["family"] == "pqvae" else []
         if ours["settings"]["checkpoint"] != first_checkpoint:
-            baselines += [r for r in ours_records if r["settings"]["checkpoint"] == first_checkpoint
-                          and (r["settings"]["input"], r["settings"]["vocoder"])
-                          == (ours["settings"]["input"], ours["settings"]["vocoder"])]
+            baselines += [r for r in ours_records if route(r) == route(ours, checkpoint=first_checkpoint)]
+        if ours["settings"]["vocoder"] == "neural":
+            baselines += [r for r in ours_records if route(r) == route(ours, vocoder="griffin_lim")]
         for baseline in baselines:
             paired.append({"system": ours["name"], "baseline": baseline["name"], "difference": {
                 m: _mean([ours["scores"][m][i] - baseline["scores"][m][i] for i in common[m]]) for m in METRICS}})
@@ -591,11 +597,11 @@ def to_markdown(results: dict) -> str:
         "",
     ]
     if summary.get("paired_differences"):
-        lines += ["## PQ-VAE minus Codec2 and minus the first checkpoint, paired clip by clip", "",
+        lines += ["## PQ-VAE minus Codec2, minus the first checkpoint and minus Griffin-Lim, paired clip by clip", "",
                   "Mean difference over the same clips as above +- its standard error (of the per-clip differences);"
-                  " positive STOI / PESQ-WB and negative log-mel distance favour the system over its baseline (each"
-                  " Codec2 mode; for a later `--checkpoint`, also the first one through the same input and"
-                  " vocoder).", "",
+                  " positive STOI / PESQ-WB and negative log-mel distance favour the system over its baseline (for"
+                  " tokens, each Codec2 mode; for a later `--checkpoint`, also the first one through the same input"
+                  " and vocoder; for a neural vocoder, Griffin-Lim on the same checkpoint's same mel).", "",
                   "| system | baseline | STOI | PESQ-WB | log-mel dist. (dB) |", "|---|---|---|---|---|"]
         for row in summary["paired_differences"]:
             cells = []

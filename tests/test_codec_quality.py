@@ -127,18 +127,27 @@ def test_later_checkpoints_are_paired_with_the_first_through_the_same_input_and_
 
     records = [ours("new", "neural", [0.8, 0.7, 0.9]), ours("new", "griffin_lim", [0.6, 0.6, 0.6]),
                ours("old", "neural", [0.7, 0.7, 0.7]), ours("old", "griffin_lim", [0.5, 0.6, 0.7]),
-               record("Codec2 1300", "codec2", {}, [0.75, 0.75, 0.75])]
+               record("Codec2 1300", "codec2", {}, [0.75, 0.75, 0.75]),
+               record("new true: neural", "ceiling", {"checkpoint": "new", "input": "true_mel", "vocoder": "neural"},
+                      [0.95, 0.9, 0.95]),
+               record("new true: griffin_lim", "ceiling",
+                      {"checkpoint": "new", "input": "true_mel", "vocoder": "griffin_lim"}, [0.9, 0.9, 0.85])]
     clips = codec_quality.ClipSet(split="test", names=["a", "b", "c"], sources=["s"] * 3, audios=[np.zeros(16000)] * 3,
                                   sha256="", selection="", decoding="")
     paired = {(row["system"], row["baseline"]): row["difference"]["stoi"]
               for row in codec_quality.summarize(records, clips)["paired_differences"]}
-    # Each system against Codec2, and the later checkpoint against the first through the same vocoder only.
+    # Each token system against Codec2, the later checkpoint against the first through the same vocoder only, and
+    # each neural vocoder against Griffin-Lim on the same checkpoint's mel (true mels: against Griffin-Lim only).
     assert set(paired) == {("new: neural", "Codec2 1300"), ("new: griffin_lim", "Codec2 1300"),
                            ("old: neural", "Codec2 1300"), ("old: griffin_lim", "Codec2 1300"),
-                           ("old: neural", "new: neural"), ("old: griffin_lim", "new: griffin_lim")}
+                           ("old: neural", "new: neural"), ("old: griffin_lim", "new: griffin_lim"),
+                           ("new: neural", "new: griffin_lim"), ("old: neural", "old: griffin_lim"),
+                           ("new true: neural", "new true: griffin_lim")}
     assert paired[("old: neural", "new: neural")]["mean"] == pytest.approx(-0.1)  # (-0.1, 0.0, -0.2) / 3 clips
     assert paired[("old: neural", "new: neural")]["standard_error"] == pytest.approx(0.1 / 3 ** 0.5)
     assert paired[("old: griffin_lim", "new: griffin_lim")]["mean"] == pytest.approx(0.0)
+    assert paired[("new: neural", "new: griffin_lim")]["mean"] == pytest.approx(0.2)
+    assert paired[("new true: neural", "new true: griffin_lim")]["mean"] == pytest.approx(0.05)
 
 
 def write_speech_audiofolder(directory: Path) -> list[str]:
