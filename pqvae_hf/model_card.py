@@ -34,6 +34,11 @@ def write_model_card(output_dir: str, config, metrics: dict | None = None, model
         f"inputs = processor(audio, sampling_rate={config.sampling_rate}, return_tensors=\"pt\")",
         "codes = model.encode(**inputs).audio_codes          # (batch, num_codebooks, frames)",
         "audio = model.decode(codes, inputs[\"padding_mask\"]).audio_values",
+    ]
+    if config.mel_vocoder == "neural":
+        lines += ["# a log-mel computed from audio (or predicted in its place) -> audio, through the mel vocoder:",
+                  "audio = model.vocode_mel(model.front_end(waveform))   # waveform (batch, samples)"]
+    lines += [
         "```",
         "",
         "## Configuration",
@@ -52,6 +57,9 @@ def write_model_card(output_dir: str, config, metrics: dict | None = None, model
         f"| encoder / decoder | ConvNeXt, {config.num_encoder_layers} / {config.num_decoder_layers} blocks,"
         f" {config.hidden_size} channels |",
         f"| vocoder | {config.vocoder} |",
+        *([f"| mel vocoder (true mels, `vocode_mel`) | neural, magnitude prior {config.mel_vocoder_magnitude_prior},"
+           f" {config.mel_vocoder_phase_refinement_iters} Griffin-Lim projections |"]
+          if config.mel_vocoder == "neural" else []),
         f"| decoded-mel post-filter (`decoded_mel_contrast`) | {config.decoded_mel_contrast:g}"
         f"{' (off)' if config.decoded_mel_contrast == 1 else ': band deviations from the clip mean x this'} |",
     ]
