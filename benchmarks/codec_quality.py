@@ -514,7 +514,7 @@ def summarize(records: list[dict], clips: ClipSet) -> dict:
                                                      if clips.sources[i] == source]) for m in METRICS}
         systems.append(entry)
     # Paired differences, clip by clip over the same common clips: ours (tokens) minus each Codec2 mode; each later
-    # --checkpoint minus the first one through the same input and vocoder (how much a retrained checkpoint moved);
+    # --checkpoint's tokens minus the first one's through the same vocoder (how much a retrained checkpoint moved);
     # and each neural vocoder minus Griffin-Lim on the same checkpoint's same mel (tokens' or true: issue 11's vocoder
     # target). The standard error of a difference of means from two separate standard errors overstates it when both
     # systems find the same clips hard.
@@ -528,7 +528,7 @@ def summarize(records: list[dict], clips: ClipSet) -> dict:
     paired = []
     for ours in ours_records:
         baselines = [r for r in records if r["family"] == "codec2"] if ours["family"] == "pqvae" else []
-        if ours["settings"]["checkpoint"] != first_checkpoint:
+        if ours["family"] == "pqvae" and ours["settings"]["checkpoint"] != first_checkpoint:
             baselines += [r for r in ours_records if route(r) == route(ours, checkpoint=first_checkpoint)]
         if ours["settings"]["vocoder"] == "neural":
             baselines += [r for r in ours_records if route(r) == route(ours, vocoder="griffin_lim")]
@@ -600,8 +600,8 @@ def to_markdown(results: dict) -> str:
         lines += ["## PQ-VAE minus Codec2, minus the first checkpoint and minus Griffin-Lim, paired clip by clip", "",
                   "Mean difference over the same clips as above +- its standard error (of the per-clip differences);"
                   " positive STOI / PESQ-WB and negative log-mel distance favour the system over its baseline (for"
-                  " tokens, each Codec2 mode; for a later `--checkpoint`, also the first one through the same input"
-                  " and vocoder; for a neural vocoder, Griffin-Lim on the same checkpoint's same mel).", "",
+                  " tokens, each Codec2 mode, and for a later `--checkpoint` also the first one's through the same"
+                  " vocoder; for a neural vocoder, Griffin-Lim on the same checkpoint's same mel).", "",
                   "| system | baseline | STOI | PESQ-WB | log-mel dist. (dB) |", "|---|---|---|---|---|"]
         for row in summary["paired_differences"]:
             cells = []

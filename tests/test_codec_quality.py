@@ -131,13 +131,16 @@ def test_later_checkpoints_are_paired_with_the_first_through_the_same_input_and_
                record("new true: neural", "ceiling", {"checkpoint": "new", "input": "true_mel", "vocoder": "neural"},
                       [0.95, 0.9, 0.95]),
                record("new true: griffin_lim", "ceiling",
-                      {"checkpoint": "new", "input": "true_mel", "vocoder": "griffin_lim"}, [0.9, 0.9, 0.85])]
+                      {"checkpoint": "new", "input": "true_mel", "vocoder": "griffin_lim"}, [0.9, 0.9, 0.85]),
+               record("old true: neural", "ceiling", {"checkpoint": "old", "input": "true_mel", "vocoder": "neural"},
+                      [0.9, 0.9, 0.9])]
     clips = codec_quality.ClipSet(split="test", names=["a", "b", "c"], sources=["s"] * 3, audios=[np.zeros(16000)] * 3,
                                   sha256="", selection="", decoding="")
     paired = {(row["system"], row["baseline"]): row["difference"]["stoi"]
               for row in codec_quality.summarize(records, clips)["paired_differences"]}
     # Each token system against Codec2, the later checkpoint against the first through the same vocoder only, and
-    # each neural vocoder against Griffin-Lim on the same checkpoint's mel (true mels: against Griffin-Lim only).
+    # each neural vocoder against Griffin-Lim on the same checkpoint's mel (a ceiling: against Griffin-Lim only, not
+    # against the first checkpoint's, so "old true: neural", without a Griffin-Lim beside it, has no pair).
     assert set(paired) == {("new: neural", "Codec2 1300"), ("new: griffin_lim", "Codec2 1300"),
                            ("old: neural", "Codec2 1300"), ("old: griffin_lim", "Codec2 1300"),
                            ("old: neural", "new: neural"), ("old: griffin_lim", "new: griffin_lim"),
