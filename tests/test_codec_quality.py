@@ -186,7 +186,7 @@ def test_quick_mode_end_to_end_on_real_speech(tmp_path):
     results = run_benchmark(tmp_path / "corpus", output)
     tools_present = all(shutil.which(tool) for tool in CODEC_TOOLS)
     ours = ["PQ-VAE pqvae-speech-small: tokens -> neural vocoder", "PQ-VAE pqvae-speech-small: tokens -> Griffin-Lim",
-            "ceiling pqvae-speech-small: true mel -> neural vocoder",
+            "ceiling pqvae-speech-small: true mel -> neural mel vocoder",
             "ceiling pqvae-speech-small: true mel -> Griffin-Lim"]
     baselines = ["Codec2 3200", "Codec2 1300", "Codec2 700C", "Opus 6 kbit/s"]
     systems = {system["name"]: system for system in results["summary"]["systems"]}
@@ -232,7 +232,10 @@ def test_quick_mode_end_to_end_on_real_speech(tmp_path):
         records = [json.loads(path.read_text()) for path in (output / "systems").glob("*.json")]
         records = {record["name"]: record for record in records}
         paired = {(row["system"], row["baseline"]): row["difference"] for row in summary["paired_differences"]}
-        assert len(paired) == 2 * 3  # 2 token systems x 3 Codec2 modes; ceilings and Opus are not paired
+        # 2 token systems x 3 Codec2 modes, and each neural vocoder against Griffin-Lim on the same mel (tokens' and
+        # true); Opus is not paired.
+        assert len(paired) == 2 * 3 + 2
+        assert (ours[2], ours[3]) in paired and (ours[0], ours[1]) in paired
         difference = paired[(ours[0], "Codec2 1300")]["pesq_wb"]
         clips = [i for i in range(4) if i != short]
         per_clip = [records[ours[0]]["scores"]["pesq_wb"][i] - records["Codec2 1300"]["scores"]["pesq_wb"][i]

@@ -31,7 +31,8 @@ def test_folder_is_small_complete_and_configured(model):
         assert (SHIPPED / name).exists(), name
     assert list((SHIPPED / "licenses").glob("*.copyright"))
     config = model.config
-    assert (config.num_codebooks, config.codebook_size, config.vocoder) == (2, 256, "neural")
+    assert (config.num_codebooks, config.codebook_size, config.vocoder, config.mel_vocoder) == (2, 256, "neural",
+                                                                                               "neural")
     assert config.composite_codebook_size == 65536 and config.dual_decoding_weight > 0
 
 
@@ -87,6 +88,26 @@ def test_batched_decode_of_real_speech_equals_decoding_alone(model):
     # decoded mel differs by ~3e-6 between a batch of two and one, which this checkpoint's vocoder turns into up to
     # 1.4e-5 (measured with decoded_mel_contrast 1.0 and 1.1 alike); the padding leak above was 1.2e-3.
     torch.testing.assert_close(batched[0, :, : long_alone.shape[-1]], long_alone[0], atol=5e-5, rtol=0)
+
+
+def test_mel_vocoder_beats_griffin_lim_on_the_true_mel_of_real_speech(model):
+    """`vocode_mel` renders a true mel with the mel vocoder: on the demo clip (10.8 s of test-split speech) it beats
+    Griffin-Lim on STOI and PESQ-WB, and the token vocoder too (measured 0.960 / 3.12 against Griffin-Lim's 0.946 /
+    2.91 and the token vocoder's 0.927 / 2.60)."""
+    from pqvae_hf.metrics import intelligibility_and_quality
+    from pqvae_hf.modeling.modeling_pqvae import GriffinLim
+
+    assert model.config.mel_vocoder == "neural" and model.true_mel_vocoder is model.mel_vocoder
+    audio = load_audio(str(DEMO_CLIP), 16000)
+    with torch.no_grad():
+        log_mel = model.front_end(torch.from_numpy(audio)[None])
+        rendered = {"mel vocoder": model.vocode_mel(log_mel), "griffin-lim": GriffinLim(model.config, model.front_end)(
+            log_mel), "token vocoder": model.vocoder(log_mel)}
+    scores = {name: intelligibility_and_quality(audio, np.pad(w[0].numpy(), (0, len(audio) - w.shape[-1])), 16000)
+              for name, w in rendered.items()}
+    for other in ("griffin-lim", "token vocoder"):
+        assert scores["mel vocoder"]["stoi"] > scores[other]["stoi"] + 0.005, scores
+        assert scores["mel vocoder"]["pesq_wb"] > scores[other]["pesq_wb"] + 0.1, scores
 
 
 @pytest.mark.skipif(not os.path.isfile(os.path.join(CORPUS, "metadata.csv")),

@@ -13,6 +13,7 @@ QUANTIZER_TYPES = ("pq", "vq", "rvq")
 DEAD_CODE_THRESHOLD_MODES = ("relative", "absolute")
 VOCODERS = ("neural", "griffin_lim", "none")
 VOCODER_MAGNITUDE_PRIORS = ("none", "mel_pseudo_inverse")
+MEL_VOCODERS = ("none", "neural")
 SUBSPACE_ROTATIONS = ("none", "opq")
 
 
@@ -123,6 +124,14 @@ class PQVAEConfig(PreTrainedConfig):
             and back and keeps the new phase with the predicted magnitude, so the output's STFT becomes consistent.
             Weight-free but differentiable, so a vocoder trained with them learns a magnitude and phase that they
             refine well (as in Deep Griffin-Lim Iteration, Masuyama et al. 2019). 0 turns them off.
+        mel_vocoder (`str`, defaults to `"none"`): `"neural"` adds a second neural vocoder (`PQVAEModel.mel_vocoder`,
+            the same size as `vocoder`) for log-mels computed from real audio rather than decoded from tokens, e.g.
+            the mels a text-to-speech model predicts; `PQVAEModel.vocode_mel` uses it (`decode` never does). A
+            decoder regresses a smoothed mel from tokens, and the vocoder that renders that best (fine-tuned on
+            decoded mels, its own phase) is not the one that renders a true mel best (magnitude prior and Griffin-Lim
+            projections), so each input gets its own. `"none"`: `vocode_mel` uses `vocoder`.
+        mel_vocoder_magnitude_prior (`str`, defaults to `"none"`) / mel_vocoder_phase_refinement_iters (`int`,
+            defaults to 0): `vocoder_magnitude_prior` and `vocoder_phase_refinement_iters` of the mel vocoder.
         griffin_lim_iters (`int`, defaults to 32).
         decoded_mel_contrast (`float`, defaults to 1.0): global-variance post-filter on the log-mel decoded from
             tokens, before the vocoder: each mel band's deviation from its mean over the example's valid frames is
@@ -184,6 +193,9 @@ class PQVAEConfig(PreTrainedConfig):
     vocoder_num_layers: int = 6
     vocoder_magnitude_prior: str = "none"
     vocoder_phase_refinement_iters: int = 0
+    mel_vocoder: str = "none"
+    mel_vocoder_magnitude_prior: str = "none"
+    mel_vocoder_phase_refinement_iters: int = 0
     griffin_lim_iters: int = 32
     decoded_mel_contrast: float = 1.0
 
@@ -218,9 +230,9 @@ class PQVAEConfig(PreTrainedConfig):
         for name, value in positive.items():
             if value <= 0:
                 raise ValueError(f"`{name}` must be a positive integer, got {value}.")
-        if self.vocoder_phase_refinement_iters < 0:
-            raise ValueError(f"`vocoder_phase_refinement_iters` must be >= 0 (0 turns the refinement off), got"
-                             f" {self.vocoder_phase_refinement_iters}.")
+        for name in ("vocoder_phase_refinement_iters", "mel_vocoder_phase_refinement_iters"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"`{name}` must be >= 0 (0 turns the refinement off), got {getattr(self, name)}.")
         for name in ("num_encoder_layers", "num_decoder_layers"):
             if getattr(self, name) < 0:
                 raise ValueError(f"`{name}` must be >= 0, got {getattr(self, name)}.")
@@ -304,9 +316,12 @@ class PQVAEConfig(PreTrainedConfig):
             )
         if self.vocoder not in VOCODERS:
             raise ValueError(f"`vocoder` must be one of {VOCODERS}, got {self.vocoder!r}.")
-        if self.vocoder_magnitude_prior not in VOCODER_MAGNITUDE_PRIORS:
-            raise ValueError(f"`vocoder_magnitude_prior` must be one of {VOCODER_MAGNITUDE_PRIORS}, got"
-                             f" {self.vocoder_magnitude_prior!r}.")
+        for name in ("vocoder_magnitude_prior", "mel_vocoder_magnitude_prior"):
+            if getattr(self, name) not in VOCODER_MAGNITUDE_PRIORS:
+                raise ValueError(f"`{name}` must be one of {VOCODER_MAGNITUDE_PRIORS}, got {getattr(self, name)!r}.")
+        if self.mel_vocoder not in MEL_VOCODERS:
+            raise ValueError(f"`mel_vocoder` must be one of {MEL_VOCODERS}, got {self.mel_vocoder!r}: 'neural' adds a"
+                             " vocoder for true mels, 'none' renders them with `vocoder`.")
 
     @classmethod
     def from_dict(cls, config_dict: dict, **kwargs):

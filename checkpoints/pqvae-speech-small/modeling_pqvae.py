@@ -380,6 +380,12 @@ class PQVAEModel(PQVAEPreTrainedModel):
             self.vocoder = GriffinLim(config, self.front_end)
         else:
             self.vocoder = None
+        # Optional second vocoder for mels computed from audio (`vocode_mel`): see `PQVAEConfig.mel_vocoder`.
+        self.mel_vocoder = (
+            PQVAEVocoder(config, magnitude_prior=config.mel_vocoder_magnitude_prior,
+                         phase_refinement_iters=config.mel_vocoder_phase_refinement_iters)
+            if config.mel_vocoder == "neural" else None
+        )
         self.post_init()
 
     # ---------------------------------------------------------------- input checks
@@ -563,6 +569,34 @@ class PQVAEModel(PQVAEPreTrainedModel):
         if not return_dict:
             return audio_values, mel
         return PQVAEDecoderOutput(audio_values=audio_values, mel=mel)
+
+    @property
+    def true_mel_vocoder(self) -> nn.Module | None:
+        """The vocoder for log-mels computed from audio: `mel_vocoder` when the model has one, else `vocoder`."""
+        return self.mel_vocoder if self.mel_vocoder is not None else self.vocoder
+
+    def vocode_mel(self, log_mel: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
+        r"""
+        Waveform of a log-mel computed from real audio (the front-end's, `model.front_end(waveform)`), or predicted
+        in its place (e.g. by a text-to-speech model), through `true_mel_vocoder`. A mel decoded from tokens goes
+        through `decode` instead, which post-filters it and renders it with `vocoder`.
+
+        Args:
+            log_mel (`torch.FloatTensor` of shape `(batch_size, num_mel_bins, num_frames)`): natural-log mel.
+            frame_mask (`torch.LongTensor` of shape `(batch_size, num_frames)`, *optional*): 1 for valid frames, 0
+                for right padding; each example then gets the waveform it gets alone, followed by zeros.
+
+        Returns:
+            `torch.FloatTensor` of shape `(batch_size, (num_frames - 1) * hop_length)`.
+        """
+        vocoder = self.true_mel_vocoder
+        if vocoder is None:
+            raise ValueError("This model has no vocoder (config.vocoder='none'): set `vocoder='griffin_lim'` to render"
+                             " mels without weights, or load a checkpoint with a neural vocoder.")
+        if log_mel.dim() != 3 or log_mel.shape[1] != self.config.num_mel_bins:
+            raise ValueError(f"`log_mel` must be (batch, num_mel_bins={self.config.num_mel_bins}, frames), got shape"
+                             f" {tuple(log_mel.shape)}.")
+        return vocoder(log_mel, frame_mask)
 
     def postfilter_mel(self, mel: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Global-variance post-filter for a log-mel decoded from tokens, applied before the vocoder.

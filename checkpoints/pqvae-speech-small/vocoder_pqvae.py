@@ -111,8 +111,12 @@ class PQVAEVocoder(nn.Module):
 
     Args:
         config ([`PQVAEConfig`]): uses `n_fft`, `hop_length`, `win_length`, `num_mel_bins`, `kernel_size`,
-            `layer_norm_eps`, `vocoder_hidden_size`, `vocoder_intermediate_size`, `vocoder_num_layers` and
-            `vocoder_magnitude_prior` (with `"mel_pseudo_inverse"` also the mel settings and `log_floor`).
+            `layer_norm_eps`, `vocoder_hidden_size`, `vocoder_intermediate_size`, `vocoder_num_layers`,
+            `vocoder_magnitude_prior` (with `"mel_pseudo_inverse"` also the mel settings and `log_floor`) and
+            `vocoder_phase_refinement_iters`.
+        magnitude_prior (`str`, *optional*) / phase_refinement_iters (`int`, *optional*): replace the config's
+            `vocoder_magnitude_prior` / `vocoder_phase_refinement_iters` (the model's true-mel vocoder passes its
+            `mel_vocoder_*` fields).
 
     With `vocoder_magnitude_prior="mel_pseudo_inverse"` the network's log-magnitude output is a correction added to the
     log of the mel's pseudo-inverse magnitude (what Griffin-Lim uses), instead of the whole log-magnitude: a network
@@ -131,7 +135,8 @@ class PQVAEVocoder(nn.Module):
     # full-scale speech harmonics with this window, so it never limits trained outputs in practice.
     max_log_magnitude = math.log(1e2)
 
-    def __init__(self, config: PQVAEConfig):
+    def __init__(self, config: PQVAEConfig, magnitude_prior: str | None = None,
+                 phase_refinement_iters: int | None = None):
         super().__init__()
         self.n_fft = config.n_fft
         self.hop_length = config.hop_length
@@ -151,8 +156,9 @@ class PQVAEVocoder(nn.Module):
         self.proj_out = nn.Linear(channels, 2 * self.num_freq_bins)
         # The inverse STFT runs in float32 (its window stays float32 when the model is cast to half precision).
         self.register_buffer("window", torch.hann_window(config.win_length, dtype=torch.float32), persistent=False)
-        self.magnitude_prior = config.vocoder_magnitude_prior
-        self.phase_refinement_iters = config.vocoder_phase_refinement_iters
+        self.magnitude_prior = config.vocoder_magnitude_prior if magnitude_prior is None else magnitude_prior
+        self.phase_refinement_iters = (config.vocoder_phase_refinement_iters if phase_refinement_iters is None
+                                       else phase_refinement_iters)
         self.log_floor = config.log_floor
         self._config = config  # rebuilds the filterbank's pseudo-inverse in `reset_buffers`
         if self.magnitude_prior == "mel_pseudo_inverse":
