@@ -122,7 +122,9 @@ def vocode_long(model: PQVAEModel, mel: torch.Tensor, chunk_frames: int, progres
     """Log-mel (n_mels, F) -> waveform ((F - 1) * hop,). Chunks overlap by a context margin and are cut at frame
     boundaries, far from the edges that a chunk's own padding affects. `true_mel=True`: a mel computed from audio,
     rendered by `model.true_mel_vocoder` (the mel vocoder when the model has one); else a decoded mel, by
-    `model.vocoder`."""
+    `model.vocoder`. A vocoder with Griffin-Lim projections (`*_phase_refinement_iters`) spreads each frame's
+    influence past the context margin, so there a chunked clip matches the clip vocoded whole only approximately
+    near the seams (clips up to `chunk_frames` are vocoded whole)."""
     vocoder = model.true_mel_vocoder if true_mel else model.vocoder
     hop = model.config.hop_length
     num_frames = mel.shape[-1]
