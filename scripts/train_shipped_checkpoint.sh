@@ -23,7 +23,7 @@
 #    decoded from tokens (70 % of examples; 30 % true mels): on the previous tokenizer's codes (4a), then on step 3's
 #    (4b), then on step 3b's on the 24-bit pack (4c), then on 3c's (4d), 3d's (4e), 3e's (4f), 3f's (4g), 3g's (4h).
 #    Stages 3h-3k and 4i-4l continue the same way (comments at each below).
-# 4m. (CPU, 3,600 s + 3,600 s) The mel vocoder for true mels (config.mel_vocoder): 4i with the magnitude prior trained
+# M.  (CPU, 3,600 s + 3,600 s) The mel vocoder for true mels (config.mel_vocoder): 4i with the magnitude prior trained
 #    through 8 Griffin-Lim projections, then on true mels only; 32 projections at inference.
 # 5. (CPU) Merge with the decoded mel's post-filter factor chosen on validation (decoded_mel_contrast=1.1,
 #    scripts/mel_postfilter_sweep.sh), evaluate on the test split, write the model card.
@@ -140,7 +140,7 @@ vocoder24 voc_tok24j_finetune tok_real_finetune24j voc_tok24i_finetune 900
 tokenizer24 tok_real_finetune24k tok_real_finetune24j 4500 4e-4
 vocoder24 voc_tok24k_finetune tok_real_finetune24k voc_tok24j_finetune 900
 
-# 4m. The mel vocoder (config.mel_vocoder: true mels, `PQVAEModel.vocode_mel`; `decode` keeps the vocoder above).
+# M. The mel vocoder (config.mel_vocoder: true mels, `PQVAEModel.vocode_mel`; `decode` keeps the vocoder above).
 # 4i restarted with the magnitude prior and trained 3,600 s through 8 Griffin-Lim projections on 3h's mels
 # (scripts/vocoder_phase_refinement_ablation.sh, as run at stop 27), then continued 3,600 s on true mels only
 # (scripts/true_mel_vocoder.sh, stop 29); 32 projections at inference (set at assembly below).
