@@ -243,11 +243,12 @@ def checkpoint_systems(folder: str, models: _ModelCache, chunk_seconds: float,
                 family, nominal = "pqvae", float(config.bits_per_second)
             else:
                 # A checkpoint with a mel vocoder renders true mels with it (`PQVAEModel.vocode_mel`).
-                mel_vocoder = vocoder == "neural" and config.mel_vocoder == "neural"
-                if mel_vocoder:
+                uses_mel_vocoder = vocoder == "neural" and config.mel_vocoder == "neural"
+                if uses_mel_vocoder:
                     settings["neural_vocoder_module"] = "mel_vocoder"
                     settings["mel_vocoder_phase_refinement_iters"] = config.mel_vocoder_phase_refinement_iters
-                name = f"ceiling {label}: true mel -> {'neural mel vocoder' if mel_vocoder else vocoder_names[vocoder]}"
+                rendered_by = "neural mel vocoder" if uses_mel_vocoder else vocoder_names[vocoder]
+                name = f"ceiling {label}: true mel -> {rendered_by}"
                 family, nominal = "ceiling", None
             systems.append(System(
                 name, family, settings, nominal,

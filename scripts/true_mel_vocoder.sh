@@ -5,8 +5,9 @@
 # scripts/vocoder_phase_refinement_ablation.sh (magnitude prior + Griffin-Lim projections trained end to end) beats
 # Griffin-Lim on true mels but loses on the tokens. This continues that run (runs/cpu/voc_refine8_prior_24h) on true
 # mels only (decoded_mel_fraction 0), 8 projections in training, one thread, the recipe's vocoder settings otherwise,
-# into runs/cpu/voc_true_mel_refine8_prior; merges it as the mel vocoder beside TOKENIZER and VOCODER (default: the
-# shipped stage 3j and 4k) with 32 projections at inference into runs/cand_true_mel_vocoder; and scores true mel ->
+# into runs/cpu/voc_true_mel_refine8_prior; merges it as the mel vocoder beside TOKENIZER and VOCODER (default: stages
+# 3j and 4k, shipped when it was run at stop 29; the true-mel scores do not depend on them) with 32 projections at
+# inference into runs/cand_true_mel_vocoder; and scores true mel ->
 # neural mel vocoder and -> Griffin-Lim on the validation split, beside the run it started from (cached scores of
 # runs/cand_refine8_prior_24h_k32), into benchmarks/results/codec_quality_validation_true_mel_vocoder.
 # Resumable: a finished run is skipped, cached scores are reused.
